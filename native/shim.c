@@ -1,0 +1,3 @@
+/* placeholder replaced below */
+#include <node_api.h>
+NAPI_MODULE_INIT() { return exports; }

@@ -1,0 +1,113 @@
+// The public surface of the EROFS reader. Everything above src/erofs (vfs, share, cli, tests)
+// codes against these types only, so the reader's internals can change freely.
+
+export type FileType = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket';
+
+/** Attributes of one inode, as the Linux EROFS driver reports them through stat(2). */
+export interface InodeAttr {
+  nid: number;
+  type: FileType;
+  /** Full st_mode, file-type bits included. */
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  /** Device number for char/block devices, Linux `new_encode_dev` form (0 otherwise). */
+  rdev: number;
+  /** 512-byte units occupied, as the kernel computes st_blocks. */
+  blocks: number;
+}
+
+export interface DirEntry {
+  name: Buffer;
+  nid: number;
+  type: FileType;
+  /** Opaque, stable cookie: passing it back to readdir continues right after this entry. */
+  nextOffset: number;
+}
+
+export interface Xattr {
+  /** Full name as listxattr(2) shows it, e.g. "user.foo", "system.posix_acl_access". */
+  name: string;
+  value: Buffer;
+}
+
+export interface SuperblockSummary {
+  blockSize: number;
+  featureCompat: number;
+  featureIncompat: number;
+  /** Names of the feature bits that are set, e.g. ["sb_csum", "lz4_0padding"]. */
+  features: string[];
+  /** Names of compression algorithms the image declares, e.g. ["lz4", "zstd"]. */
+  compressionAlgorithms: string[];
+  inodeCount: number;
+  blocks: number;
+  rootNid: number;
+  uuid: string;
+  volumeName: string;
+  extraDevices: number;
+  buildTimeSec: number;
+  buildTimeNsec: number;
+}
+
+/** Result of read-side layout queries used by page sharing (src/share). */
+export interface PlainExtent {
+  /** Index into the image's devices (0 = primary image file). */
+  device: number;
+  /** Byte offset in that device. */
+  physical: number;
+  /** Byte offset in the file. */
+  logical: number;
+  length: number;
+}
+
+/**
+ * Errors raised by the reader carry a POSIX errno name: EIO for corruption, ENOENT, ENOTDIR,
+ * EINVAL (bad offset/argument), ENODATA (missing xattr), EOPNOTSUPP (unsupported feature).
+ */
+export class ErofsError extends Error {
+  constructor(
+    readonly code: 'EIO' | 'ENOENT' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'ENODATA' | 'EOPNOTSUPP' | 'ERANGE',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ErofsError';
+  }
+}
+
+export interface OpenOptions {
+  /** Extra devices (device table order), for chunk-based multi-device images. */
+  devices?: string[];
+  /** Upper bound for the decompressed-block cache, bytes (default 64 MiB). */
+  cacheBytes?: number;
+}
+
+/** An opened image. All methods are synchronous and bounded; corrupt input throws ErofsError. */
+export interface ErofsReader {
+  readonly superblock: SuperblockSummary;
+  readonly rootNid: number;
+  getAttr(nid: number): InodeAttr;
+  /** The child's nid, or undefined when the name is absent. Throws ENOTDIR on a non-directory. */
+  lookup(dirNid: number, name: Buffer | string): number | undefined;
+  /**
+   * Entries from `offset` (0 = start; then a previous entry's nextOffset), including "." and
+   * "..", at most `max` entries.
+   */
+  readdir(dirNid: number, offset: number, max: number): DirEntry[];
+  /** Up to `length` bytes from `offset` (short only at EOF). */
+  read(nid: number, offset: number, length: number): Buffer;
+  readlink(nid: number): Buffer;
+  listXattrs(nid: number): Xattr[];
+  /** Throws ENODATA when absent. */
+  getXattr(nid: number, name: string): Buffer;
+  /** Raw value of the superblock-named inode digest xattr (`sha256:` + 32 bytes), if any. */
+  fingerprint(nid: number): Buffer | undefined;
+  /** Uncompressed on-disk extents of a regular file, or undefined if its data is not plain. */
+  plainExtents(nid: number): PlainExtent[] | undefined;
+  /** SEEK_DATA / SEEK_HOLE support: the next data/hole offset at or after `offset`. */
+  seek(nid: number, offset: number, whence: 'data' | 'hole'): number;
+  close(): void;
+}
