@@ -1,3 +1,738 @@
-/* placeholder replaced below */
+/*
+ * erofs-vfsd native shim: the few syscalls Node does not expose (fd passing over Unix sockets,
+ * mmap, memfd, eventfd, fd readiness on the libuv loop, mount). No protocol logic lives here.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <node_api.h>
-NAPI_MODULE_INIT() { return exports; }
+#include <uv.h>
+
+#define MAX_FDS 8
+
+#define CHECK_NAPI(env, call)                                                     \
+  do {                                                                            \
+    if ((call) != napi_ok) {                                                      \
+      napi_throw_error((env), "EINTERNAL", "N-API call failed: " #call);          \
+      return NULL;                                                                \
+    }                                                                             \
+  } while (0)
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EAGAIN: return "EAGAIN";
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENOMEM: return "ENOMEM";
+    case ENOENT: return "ENOENT";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case EBUSY: return "EBUSY";
+    case EEXIST: return "EEXIST";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EPIPE: return "EPIPE";
+    case ECONNRESET: return "ECONNRESET";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case EADDRINUSE: return "EADDRINUSE";
+    case ENOTCONN: return "ENOTCONN";
+    case EINTR: return "EINTR";
+    case ENODEV: return "ENODEV";
+    case ENOSYS: return "ENOSYS";
+    case EOVERFLOW: return "EOVERFLOW";
+    case EMSGSIZE: return "EMSGSIZE";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EMFILE: return "EMFILE";
+    case ENFILE: return "ENFILE";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENXIO: return "ENXIO";
+    default: return "EUNKNOWN";
+  }
+}
+
+/* Throws an Error whose .code is the errno name and .errno the number, like Node's fs errors. */
+static napi_value throw_errno(napi_env env, const char *syscall, int e) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s (%s)", syscall, strerror(e), errno_name(e));
+  napi_value code, message, err, num, sc;
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, code, message, &err);
+  napi_create_int32(env, e, &num);
+  napi_set_named_property(env, err, "errno", num);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &sc);
+  napi_set_named_property(env, err, "syscall", sc);
+  napi_throw(env, err);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "ERR_INVALID_ARG", msg);
+  return NULL;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv, size_t *argc_out) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return -1;
+  for (size_t i = argc; i < want; i++) napi_get_undefined(env, &argv[i]);
+  if (argc_out) *argc_out = argc;
+  return 0;
+}
+
+static int arg_int64(napi_env env, napi_value v, int64_t *out) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_number) return napi_get_value_int64(env, v, out) == napi_ok ? 0 : -1;
+  if (t == napi_bigint) {
+    bool lossless;
+    return napi_get_value_bigint_int64(env, v, out, &lossless) == napi_ok && lossless ? 0 : -1;
+  }
+  return -1;
+}
+
+static int arg_int(napi_env env, napi_value v, int *out) {
+  int64_t x;
+  if (arg_int64(env, v, &x) || x < INT32_MIN || x > INT32_MAX) return -1;
+  *out = (int)x;
+  return 0;
+}
+
+/* Copies a JS string into buf (NUL-terminated); fails if it does not fit. */
+static int arg_string(napi_env env, napi_value v, char *buf, size_t cap) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok || len + 1 > cap) return -1;
+  return napi_get_value_string_utf8(env, v, buf, cap, &len) == napi_ok ? 0 : -1;
+}
+
+static int arg_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+  bool is;
+  napi_is_typedarray(env, v, &is);
+  if (is) {
+    napi_typedarray_type type;
+    size_t length, byte_offset;
+    napi_value ab;
+    void *base;
+    if (napi_get_typedarray_info(env, v, &type, &length, &base, &ab, &byte_offset) != napi_ok) return -1;
+    if (type != napi_uint8_array && type != napi_uint8_clamped_array && type != napi_int8_array) return -1;
+    *data = base;
+    *len = length;
+    return 0;
+  }
+  napi_is_buffer(env, v, &is);
+  if (is) return napi_get_buffer_info(env, v, (void **)data, len) == napi_ok ? 0 : -1;
+  return -1;
+}
+
+static napi_value make_int(napi_env env, int64_t x) {
+  napi_value v;
+  napi_create_int64(env, x, &v);
+  return v;
+}
+
+static int set_flags(int fd, int nonblock) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0) return -1;
+  fl = nonblock ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+  if (fcntl(fd, F_SETFL, fl) < 0) return -1;
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fdfl < 0 || fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) < 0) return -1;
+  return 0;
+}
+
+/* ---------- Unix sockets ---------- */
+
+static int fill_sockaddr(napi_env env, napi_value v, struct sockaddr_un *sa) {
+  memset(sa, 0, sizeof *sa);
+  sa->sun_family = AF_UNIX;
+  return arg_string(env, v, sa->sun_path, sizeof sa->sun_path);
+}
+
+static napi_value js_unix_listen(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  if (get_args(env, info, 2, argv, NULL)) return NULL;
+  struct sockaddr_un sa;
+  if (fill_sockaddr(env, argv[0], &sa)) return throw_type(env, "unixListen: path must be a string shorter than 108 bytes");
+  int backlog = 16;
+  napi_valuetype t;
+  napi_typeof(env, argv[1], &t);
+  if (t != napi_undefined && arg_int(env, argv[1], &backlog)) return throw_type(env, "unixListen: backlog must be a number");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  /* A socket file left by an earlier run would make bind fail with EADDRINUSE. */
+  struct stat st;
+  if (lstat(sa.sun_path, &st) == 0 && S_ISSOCK(st.st_mode)) unlink(sa.sun_path);
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, backlog) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "bind/listen", e);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_unix_connect(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv, NULL)) return NULL;
+  struct sockaddr_un sa;
+  if (fill_sockaddr(env, argv[0], &sa)) return throw_type(env, "unixConnect: path must be a string shorter than 108 bytes");
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || set_flags(fd, 1) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "connect", e);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_accept(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int lfd;
+  if (get_args(env, info, 1, argv, NULL) || arg_int(env, argv[0], &lfd)) return throw_type(env, "accept: fd must be a number");
+  int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  if (fd < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return make_int(env, -1);
+    return throw_errno(env, "accept4", errno);
+  }
+  return make_int(env, fd);
+}
+
+static napi_value js_socketpair(napi_env env, napi_callback_info info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) return throw_errno(env, "socketpair", errno);
+  napi_value arr;
+  napi_create_array_with_length(env, 2, &arr);
+  napi_set_element(env, arr, 0, make_int(env, sv[0]));
+  napi_set_element(env, arr, 1, make_int(env, sv[1]));
+  return arr;
+}
+
+static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  uint8_t *data;
+  size_t len;
+  if (get_args(env, info, 3, argv, NULL) || arg_int(env, argv[0], &fd)) return throw_type(env, "sendmsg: fd must be a number");
+  if (arg_bytes(env, argv[1], &data, &len)) return throw_type(env, "sendmsg: data must be a Uint8Array");
+  int fds[MAX_FDS];
+  uint32_t nfds = 0;
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t != napi_undefined && t != napi_null) {
+    bool is_arr;
+    napi_is_array(env, argv[2], &is_arr);
+    if (!is_arr) return throw_type(env, "sendmsg: fds must be an array");
+    napi_get_array_length(env, argv[2], &nfds);
+    if (nfds > MAX_FDS) return throw_type(env, "sendmsg: at most 8 fds per message");
+    for (uint32_t i = 0; i < nfds; i++) {
+      napi_value e;
+      napi_get_element(env, argv[2], i, &e);
+      if (arg_int(env, e, &fds[i])) return throw_type(env, "sendmsg: fds must be numbers");
+    }
+  }
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } ctl;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&ctl, 0, sizeof ctl);
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n;
+  do n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) return throw_errno(env, "sendmsg", errno);
+  return make_int(env, n);
+}
+
+static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  uint8_t *data;
+  size_t len;
+  if (get_args(env, info, 3, argv, NULL) || arg_int(env, argv[0], &fd)) return throw_type(env, "recvmsg: fd must be a number");
+  if (arg_bytes(env, argv[1], &data, &len)) return throw_type(env, "recvmsg: buf must be a Uint8Array");
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  union {
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    struct cmsghdr align;
+  } ctl;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  ssize_t n;
+  do n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  napi_value result, fdarr;
+  napi_create_object(env, &result);
+  napi_create_array(env, &fdarr);
+  if (n < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return throw_errno(env, "recvmsg", errno);
+    napi_set_named_property(env, result, "bytes", make_int(env, -1));
+    napi_set_named_property(env, result, "fds", fdarr);
+    return result;
+  }
+  uint32_t k = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int *p = (int *)CMSG_DATA(c);
+    for (size_t i = 0; i < count; i++) napi_set_element(env, fdarr, k++, make_int(env, p[i]));
+  }
+  napi_value truncated;
+  napi_get_boolean(env, (msg.msg_flags & MSG_CTRUNC) != 0, &truncated);
+  napi_set_named_property(env, result, "bytes", make_int(env, n));
+  napi_set_named_property(env, result, "fds", fdarr);
+  napi_set_named_property(env, result, "fdsTruncated", truncated);
+  return result;
+}
+
+static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  bool on = true;
+  if (get_args(env, info, 2, argv, NULL) || arg_int(env, argv[0], &fd)) return throw_type(env, "setNonblocking: fd must be a number");
+  napi_get_value_bool(env, argv[1], &on);
+  if (set_flags(fd, on) < 0) return throw_errno(env, "fcntl", errno);
+  return NULL;
+}
+
+/* ---------- memory ---------- */
+
+/* An external ArrayBuffer does not own its mapping: munmap() is explicit, and the finalizer
+ * unmaps only what is still mapped (tracked in the hint) so a forgotten region is not leaked. */
+typedef struct {
+  void *addr;
+  size_t len;
+} mapping_t;
+
+static void mapping_finalize(napi_env env, void *data, void *hint) {
+  mapping_t *m = hint;
+  if (m->addr) munmap(m->addr, m->len);
+  free(m);
+}
+
+static napi_value wrap_mapping(napi_env env, void *addr, size_t len) {
+  mapping_t *m = malloc(sizeof *m);
+  if (!m) {
+    munmap(addr, len);
+    return throw_errno(env, "malloc", ENOMEM);
+  }
+  m->addr = addr;
+  m->len = len;
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, addr, len, mapping_finalize, m, &ab) != napi_ok) {
+    munmap(addr, len);
+    free(m);
+    napi_throw_error(env, "EINTERNAL", "cannot create external ArrayBuffer");
+    return NULL;
+  }
+  /* Remember the bookkeeping so munmap() can find it again. */
+  napi_wrap(env, ab, m, NULL, NULL, NULL);
+  return ab;
+}
+
+static int get_mapping(napi_env env, napi_value ab, mapping_t **m) {
+  bool is;
+  napi_is_arraybuffer(env, ab, &is);
+  if (!is) return -1;
+  if (napi_unwrap(env, ab, (void **)m) != napi_ok || !*m || !(*m)->addr) return -1;
+  return 0;
+}
+
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  int fd, prot, flags;
+  int64_t off, len;
+  if (get_args(env, info, 5, argv, NULL) || arg_int(env, argv[0], &fd) || arg_int64(env, argv[1], &off) ||
+      arg_int64(env, argv[2], &len) || arg_int(env, argv[3], &prot) || arg_int(env, argv[4], &flags))
+    return throw_type(env, "mmap(fd, offset, length, prot, flags): numbers expected");
+  if (len <= 0 || off < 0) return throw_errno(env, "mmap", EINVAL);
+  if (flags & MAP_FIXED) return throw_type(env, "mmap: use mapFixed for MAP_FIXED");
+  void *p = mmap(NULL, (size_t)len, prot, flags, fd, (off_t)off);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  return wrap_mapping(env, p, (size_t)len);
+}
+
+static napi_value js_reserve(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t len;
+  if (get_args(env, info, 1, argv, NULL) || arg_int64(env, argv[0], &len) || len <= 0)
+    return throw_type(env, "reserve(length): positive number expected");
+  void *p = mmap(NULL, (size_t)len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  return wrap_mapping(env, p, (size_t)len);
+}
+
+static napi_value js_munmap(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  mapping_t *m;
+  if (get_args(env, info, 1, argv, NULL) || get_mapping(env, argv[0], &m)) return throw_type(env, "munmap: not a live mapping");
+  /* Detach first so no JS view can reach the memory once it is gone. */
+  napi_detach_arraybuffer(env, argv[0]);
+  munmap(m->addr, m->len);
+  m->addr = NULL;
+  return NULL;
+}
+
+static int region_range(napi_env env, napi_value ab, napi_value voff, napi_value vlen, mapping_t **m, int64_t *off, int64_t *len) {
+  if (get_mapping(env, ab, m) || arg_int64(env, voff, off) || arg_int64(env, vlen, len)) return -1;
+  long page = sysconf(_SC_PAGESIZE);
+  if (*off < 0 || *len <= 0 || (uint64_t)*off > (*m)->len || (uint64_t)*len > (*m)->len - (uint64_t)*off) return -2;
+  if (*off % page) return -2;
+  return 0;
+}
+
+static napi_value js_map_fixed(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  mapping_t *m;
+  int64_t off, len, fdoff;
+  int fd, prot;
+  if (get_args(env, info, 6, argv, NULL) || arg_int(env, argv[2], &fd) || arg_int64(env, argv[3], &fdoff) || arg_int(env, argv[5], &prot))
+    return throw_type(env, "mapFixed(region, regionOffset, fd, fdOffset, length, prot)");
+  int r = region_range(env, argv[0], argv[1], argv[4], &m, &off, &len);
+  if (r == -1) return throw_type(env, "mapFixed: region must be a live mapping");
+  if (r == -2 || fdoff < 0) return throw_errno(env, "mapFixed", EINVAL);
+  void *p = mmap((char *)m->addr + off, (size_t)len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)fdoff);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  return NULL;
+}
+
+static napi_value js_unmap_fixed(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  mapping_t *m;
+  int64_t off, len;
+  if (get_args(env, info, 3, argv, NULL)) return NULL;
+  int r = region_range(env, argv[0], argv[1], argv[2], &m, &off, &len);
+  if (r == -1) return throw_type(env, "unmapFixed: region must be a live mapping");
+  if (r == -2) return throw_errno(env, "unmapFixed", EINVAL);
+  void *p = mmap((char *)m->addr + off, (size_t)len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
+  return NULL;
+}
+
+static napi_value js_madvise(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  mapping_t *m;
+  int64_t off, len;
+  int advice;
+  if (get_args(env, info, 4, argv, NULL) || arg_int(env, argv[3], &advice)) return throw_type(env, "madvise(region, offset, length, advice)");
+  int r = region_range(env, argv[0], argv[1], argv[2], &m, &off, &len);
+  if (r == -1) return throw_type(env, "madvise: region must be a live mapping");
+  if (r == -2) return throw_errno(env, "madvise", EINVAL);
+  if (madvise((char *)m->addr + off, (size_t)len, advice) < 0) return throw_errno(env, "madvise", errno);
+  return NULL;
+}
+
+static napi_value js_address_of(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv, NULL)) return NULL;
+  void *data;
+  size_t len;
+  bool is;
+  napi_is_arraybuffer(env, argv[0], &is);
+  if (!is || napi_get_arraybuffer_info(env, argv[0], &data, &len) != napi_ok) return throw_type(env, "addressOf: ArrayBuffer expected");
+  napi_value v;
+  napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)data, &v);
+  return v;
+}
+
+static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  char name[250];
+  int flags;
+  if (get_args(env, info, 2, argv, NULL) || arg_string(env, argv[0], name, sizeof name) || arg_int(env, argv[1], &flags))
+    return throw_type(env, "memfdCreate(name, flags)");
+  int fd = memfd_create(name, (unsigned)flags);
+  if (fd < 0) return throw_errno(env, "memfd_create", errno);
+  return make_int(env, fd);
+}
+
+static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t len;
+  if (get_args(env, info, 2, argv, NULL) || arg_int(env, argv[0], &fd) || arg_int64(env, argv[1], &len)) return throw_type(env, "ftruncate(fd, length)");
+  if (ftruncate(fd, (off_t)len) < 0) return throw_errno(env, "ftruncate", errno);
+  return NULL;
+}
+
+static napi_value js_eventfd(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int initval, flags;
+  if (get_args(env, info, 2, argv, NULL) || arg_int(env, argv[0], &initval) || arg_int(env, argv[1], &flags)) return throw_type(env, "eventfd(initval, flags)");
+  int fd = eventfd((unsigned)initval, flags);
+  if (fd < 0) return throw_errno(env, "eventfd", errno);
+  return make_int(env, fd);
+}
+
+static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t val;
+  if (get_args(env, info, 2, argv, NULL) || arg_int(env, argv[0], &fd) || arg_int64(env, argv[1], &val)) return throw_type(env, "eventfdWrite(fd, value)");
+  uint64_t v = (uint64_t)val;
+  ssize_t n;
+  do n = write(fd, &v, sizeof v);
+  while (n < 0 && errno == EINTR);
+  napi_value r;
+  if (n < 0) {
+    if (errno != EAGAIN) return throw_errno(env, "write", errno);
+    napi_get_boolean(env, false, &r);
+  } else {
+    napi_get_boolean(env, true, &r);
+  }
+  return r;
+}
+
+static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (get_args(env, info, 1, argv, NULL) || arg_int(env, argv[0], &fd)) return throw_type(env, "eventfdRead(fd)");
+  uint64_t v;
+  ssize_t n;
+  do n = read(fd, &v, sizeof v);
+  while (n < 0 && errno == EINTR);
+  napi_value r;
+  if (n < 0) {
+    if (errno != EAGAIN) return throw_errno(env, "read", errno);
+    napi_get_null(env, &r);
+    return r;
+  }
+  napi_create_bigint_uint64(env, v, &r);
+  return r;
+}
+
+/* ---------- fd readiness on the libuv loop ---------- */
+
+typedef struct {
+  uv_poll_t poll;
+  napi_env env;
+  napi_ref callback;
+  napi_ref self;
+  int closed;
+} fd_watch_t;
+
+static void watch_on_event(uv_poll_t *handle, int status, int events) {
+  fd_watch_t *w = handle->data;
+  if (w->closed) return;
+  napi_env env = w->env;
+  napi_handle_scope scope;
+  napi_open_handle_scope(env, &scope);
+  napi_value cb, global, argv[2], resource, ctx_name;
+  napi_get_reference_value(env, w->callback, &cb);
+  napi_get_global(env, &global);
+  int ev = 0;
+  if (events & UV_READABLE) ev |= 1;
+  if (events & UV_WRITABLE) ev |= 2;
+  if (events & UV_DISCONNECT) ev |= 4;
+  argv[0] = make_int(env, ev);
+  argv[1] = make_int(env, status < 0 ? -status : 0);
+  /* make_callback runs microtasks and reports exceptions through Node's usual path. */
+  napi_async_context actx;
+  napi_create_object(env, &resource);
+  napi_create_string_utf8(env, "erofs-vfsd:fdwatch", NAPI_AUTO_LENGTH, &ctx_name);
+  napi_async_init(env, resource, ctx_name, &actx);
+  napi_value result;
+  napi_status st = napi_make_callback(env, actx, global, cb, 2, argv, &result);
+  napi_async_destroy(env, actx);
+  if (st == napi_pending_exception) {
+    napi_value exc;
+    napi_get_and_clear_last_exception(env, &exc);
+    napi_fatal_exception(env, exc);
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+static void watch_on_close(uv_handle_t *handle) {
+  fd_watch_t *w = handle->data;
+  free(w);
+}
+
+static fd_watch_t *watch_from_this(napi_env env, napi_callback_info info, napi_value *argv, size_t n) {
+  napi_value self;
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, &self, NULL) != napi_ok) return NULL;
+  fd_watch_t *w = NULL;
+  if (napi_unwrap(env, self, (void **)&w) != napi_ok) return NULL;
+  return w;
+}
+
+static int uv_events(int ev) {
+  int e = 0;
+  if (ev & 1) e |= UV_READABLE;
+  if (ev & 2) e |= UV_WRITABLE;
+  if (ev & 4) e |= UV_DISCONNECT;
+  return e;
+}
+
+static napi_value js_watch_start(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  fd_watch_t *w = watch_from_this(env, info, argv, 1);
+  int ev;
+  if (!w || w->closed) return throw_type(env, "FdWatch: closed");
+  if (arg_int(env, argv[0], &ev)) return throw_type(env, "FdWatch.start(events)");
+  int r = uv_poll_start(&w->poll, uv_events(ev), watch_on_event);
+  if (r < 0) return throw_errno(env, "uv_poll_start", -r);
+  return NULL;
+}
+
+static napi_value js_watch_stop(napi_env env, napi_callback_info info) {
+  fd_watch_t *w = watch_from_this(env, info, NULL, 0);
+  if (w && !w->closed) uv_poll_stop(&w->poll);
+  return NULL;
+}
+
+static napi_value js_watch_close(napi_env env, napi_callback_info info) {
+  fd_watch_t *w = watch_from_this(env, info, NULL, 0);
+  if (!w || w->closed) return NULL;
+  w->closed = 1;
+  uv_poll_stop(&w->poll);
+  napi_delete_reference(env, w->callback);
+  napi_delete_reference(env, w->self);
+  uv_close((uv_handle_t *)&w->poll, watch_on_close);
+  return NULL;
+}
+
+static napi_value js_watch(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd, ev;
+  if (get_args(env, info, 3, argv, NULL) || arg_int(env, argv[0], &fd) || arg_int(env, argv[1], &ev)) return throw_type(env, "watch(fd, events, cb)");
+  napi_valuetype t;
+  napi_typeof(env, argv[2], &t);
+  if (t != napi_function) return throw_type(env, "watch: callback must be a function");
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return throw_type(env, "watch: no event loop");
+  fd_watch_t *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "calloc", ENOMEM);
+  int r = uv_poll_init(loop, &w->poll, fd);
+  if (r < 0) {
+    free(w);
+    return throw_errno(env, "uv_poll_init", -r);
+  }
+  w->poll.data = w;
+  w->env = env;
+  napi_value obj, fn;
+  napi_create_object(env, &obj);
+  napi_create_function(env, "start", NAPI_AUTO_LENGTH, js_watch_start, NULL, &fn);
+  napi_set_named_property(env, obj, "start", fn);
+  napi_create_function(env, "stop", NAPI_AUTO_LENGTH, js_watch_stop, NULL, &fn);
+  napi_set_named_property(env, obj, "stop", fn);
+  napi_create_function(env, "close", NAPI_AUTO_LENGTH, js_watch_close, NULL, &fn);
+  napi_set_named_property(env, obj, "close", fn);
+  napi_wrap(env, obj, w, NULL, NULL, NULL);
+  napi_create_reference(env, argv[2], 1, &w->callback);
+  /* The watch keeps its JS object alive until close(), so `this` stays valid in callbacks. */
+  napi_create_reference(env, obj, 1, &w->self);
+  if (ev) {
+    r = uv_poll_start(&w->poll, uv_events(ev), watch_on_event);
+    if (r < 0) return throw_errno(env, "uv_poll_start", -r);
+  }
+  return obj;
+}
+
+/* ---------- mounts ---------- */
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  char src[4096], target[4096], fstype[256], data[4096];
+  int64_t flags;
+  if (get_args(env, info, 5, argv, NULL) || arg_string(env, argv[0], src, sizeof src) || arg_string(env, argv[1], target, sizeof target) ||
+      arg_string(env, argv[2], fstype, sizeof fstype) || arg_int64(env, argv[3], &flags) || arg_string(env, argv[4], data, sizeof data))
+    return throw_type(env, "mount(source, target, fstype, flags, data)");
+  if (mount(src, target, fstype, (unsigned long)flags, data) < 0) return throw_errno(env, "mount", errno);
+  return NULL;
+}
+
+static napi_value js_umount2(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  char target[4096];
+  int flags;
+  if (get_args(env, info, 2, argv, NULL) || arg_string(env, argv[0], target, sizeof target) || arg_int(env, argv[1], &flags))
+    return throw_type(env, "umount2(target, flags)");
+  if (umount2(target, flags) < 0) return throw_errno(env, "umount2", errno);
+  return NULL;
+}
+
+/* ---------- module ---------- */
+
+static void set_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  napi_set_named_property(env, exports, name, fn);
+}
+
+static void set_const(napi_env env, napi_value obj, const char *name, int64_t v) {
+  napi_set_named_property(env, obj, name, make_int(env, v));
+}
+
+NAPI_MODULE_INIT() {
+  set_fn(env, exports, "unixListen", js_unix_listen);
+  set_fn(env, exports, "unixConnect", js_unix_connect);
+  set_fn(env, exports, "accept", js_accept);
+  set_fn(env, exports, "socketpair", js_socketpair);
+  set_fn(env, exports, "sendmsg", js_sendmsg);
+  set_fn(env, exports, "recvmsg", js_recvmsg);
+  set_fn(env, exports, "setNonblocking", js_set_nonblocking);
+  set_fn(env, exports, "mmap", js_mmap);
+  set_fn(env, exports, "munmap", js_munmap);
+  set_fn(env, exports, "reserve", js_reserve);
+  set_fn(env, exports, "mapFixed", js_map_fixed);
+  set_fn(env, exports, "unmapFixed", js_unmap_fixed);
+  set_fn(env, exports, "madvise", js_madvise);
+  set_fn(env, exports, "addressOf", js_address_of);
+  set_fn(env, exports, "memfdCreate", js_memfd_create);
+  set_fn(env, exports, "ftruncate", js_ftruncate);
+  set_fn(env, exports, "eventfd", js_eventfd);
+  set_fn(env, exports, "eventfdWrite", js_eventfd_write);
+  set_fn(env, exports, "eventfdRead", js_eventfd_read);
+  set_fn(env, exports, "watch", js_watch);
+  set_fn(env, exports, "mount", js_mount);
+  set_fn(env, exports, "umount2", js_umount2);
+
+  napi_value c;
+  napi_create_object(env, &c);
+  set_const(env, c, "PROT_NONE", PROT_NONE);
+  set_const(env, c, "PROT_READ", PROT_READ);
+  set_const(env, c, "PROT_WRITE", PROT_WRITE);
+  set_const(env, c, "MAP_SHARED", MAP_SHARED);
+  set_const(env, c, "MAP_PRIVATE", MAP_PRIVATE);
+  set_const(env, c, "MAP_ANONYMOUS", MAP_ANONYMOUS);
+  set_const(env, c, "MAP_FIXED", MAP_FIXED);
+  set_const(env, c, "MAP_POPULATE", MAP_POPULATE);
+  set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
+  set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  set_const(env, c, "EFD_NONBLOCK", EFD_NONBLOCK);
+  set_const(env, c, "EFD_CLOEXEC", EFD_CLOEXEC);
+  set_const(env, c, "EFD_SEMAPHORE", EFD_SEMAPHORE);
+  set_const(env, c, "MS_RDONLY", MS_RDONLY);
+  set_const(env, c, "MS_NOSUID", MS_NOSUID);
+  set_const(env, c, "MS_NODEV", MS_NODEV);
+  set_const(env, c, "MS_NOEXEC", MS_NOEXEC);
+  set_const(env, c, "MNT_DETACH", MNT_DETACH);
+  set_const(env, c, "MNT_FORCE", MNT_FORCE);
+  set_const(env, c, "MADV_DONTNEED", MADV_DONTNEED);
+  set_const(env, c, "MADV_WILLNEED", MADV_WILLNEED);
+  set_const(env, c, "MADV_REMOVE", MADV_REMOVE);
+  set_const(env, c, "READABLE", 1);
+  set_const(env, c, "WRITABLE", 2);
+  set_const(env, c, "DISCONNECT", 4);
+  napi_set_named_property(env, exports, "constants", c);
+  set_const(env, exports, "pageSize", sysconf(_SC_PAGESIZE));
+  return exports;
+}
