@@ -1,0 +1,240 @@
+// Unit tests of src/share over in-memory readers: domains, verification, backings, the EOF-tail
+// rule, lazy blobs with a budget, re-pointing, computed fingerprints and DAX bookkeeping.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ShareRegistry, DEFAULT_SHARE_OPTIONS, type ShareOptions } from '../src/share/registry.js';
+import { BLOB_GRANULE, PAGE_SIZE, type MapPiece } from '../src/share/backing.js';
+import { DaxWindow, type MapChannel } from '../src/share/dax.js';
+import { FingerprintResolver, imageIdentity } from '../src/share/fingerprint.js';
+import { MemoryReader } from './support/memory-reader.js';
+import { SCRATCH_DIR } from './support/paths.js';
+
+const claim = (content: Buffer) => Buffer.concat([Buffer.from('sha256:'), createHash('sha256').update(content).digest()]);
+const scratch = (name: string) => {
+  const dir = path.join(SCRATCH_DIR, 'share', name);
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
+};
+const options = (o: Partial<ShareOptions> = {}): ShareOptions => ({ ...DEFAULT_SHARE_OPTIONS, ...o });
+const digestSource = { kind: 'image-digest' as const };
+/** Fills a pseudo-random buffer deterministically. */
+const bytes = (n: number, seed: number) => {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    b[i] = x & 0xff;
+  }
+  return b;
+};
+
+test('identical claims share one backing inside a domain, not across domains', async () => {
+  const content = bytes(10000, 1);
+  const a = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const b = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const c = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const reg = new ShareRegistry(options());
+  const ia = reg.registerImage({ name: 'a', domain: 'tenant', paths: ['/dev/null'], reader: a, fingerprint: digestSource });
+  const ib = reg.registerImage({ name: 'b', domain: 'tenant', paths: ['/dev/null'], reader: b, fingerprint: digestSource });
+  const ic = reg.registerImage({ name: 'c', paths: ['/dev/null'], reader: c, fingerprint: digestSource });
+  const ba = reg.backingFor(ia, a.nidOf('f'))!;
+  const bb = reg.backingFor(ib, b.nidOf('f'))!;
+  const bc = reg.backingFor(ic, c.nidOf('f'))!;
+  assert.ok(ba && bb && bc);
+  assert.equal(ba, bb, 'same domain and fingerprint: one backing');
+  assert.notEqual(ba, bc, 'another domain never shares');
+  assert.deepEqual(await reg.readShared(ib, bb, 0, content.length), content);
+  assert.equal(b.bytesRead, 0, 'the second holder never read its own copy');
+  const stats = reg.stats();
+  assert.equal(stats.tenant!.hits, 1);
+  assert.equal(stats.tenant!.misses, 1);
+  assert.equal(stats.tenant!.sharedBytes, content.length);
+  assert.equal(stats.c!.backings, 1);
+  reg.close();
+});
+
+test('a forged claim: no sharing across domains; with --share-verify the forged file is not joined', async () => {
+  const real = bytes(8192, 2);
+  const forged = bytes(8192, 3);
+  const mk = () => ({
+    a: new MemoryReader([{ name: 'f', content: real, fingerprint: claim(real) }]),
+    b: new MemoryReader([{ name: 'f', content: forged, fingerprint: claim(real) }]),
+  });
+  {
+    const { a, b } = mk();
+    const reg = new ShareRegistry(options());
+    const ia = reg.registerImage({ name: 'a', paths: ['/dev/null'], reader: a, fingerprint: digestSource });
+    const ib = reg.registerImage({ name: 'b', paths: ['/dev/null'], reader: b, fingerprint: digestSource });
+    const ba = reg.backingFor(ia, a.nidOf('f'))!;
+    const bb = reg.backingFor(ib, b.nidOf('f'))!;
+    assert.notEqual(ba, bb);
+    assert.deepEqual(await reg.readShared(ib, bb, 0, 8192), forged, 'b reads its own bytes');
+    reg.close();
+  }
+  {
+    const { a, b } = mk();
+    const reg = new ShareRegistry(options({ verify: true }));
+    const ia = reg.registerImage({ name: 'a', domain: 'd', paths: ['/dev/null'], reader: a, fingerprint: digestSource });
+    const ib = reg.registerImage({ name: 'b', domain: 'd', paths: ['/dev/null'], reader: b, fingerprint: digestSource });
+    assert.ok(reg.backingFor(ia, a.nidOf('f')));
+    assert.equal(reg.backingFor(ib, b.nidOf('f')), undefined, 'the forged file does not join');
+    assert.equal(reg.stats().d!.verifyRejected, 1);
+    reg.close();
+  }
+  {
+    // A forger registered first must not poison the backing for the honest image either.
+    const { a, b } = mk();
+    const reg = new ShareRegistry(options({ acrossDomains: true }));
+    const ib = reg.registerImage({ name: 'b', paths: ['/dev/null'], reader: b, fingerprint: digestSource });
+    const ia = reg.registerImage({ name: 'a', paths: ['/dev/null'], reader: a, fingerprint: digestSource });
+    assert.equal(reg.backingFor(ib, b.nidOf('f')), undefined);
+    const ba = reg.backingFor(ia, a.nidOf('f'))!;
+    assert.deepEqual(await reg.readShared(ia, ba, 0, 8192), real);
+    reg.close();
+  }
+});
+
+test('image-range backings map the image file; a dirty last page comes from a zero-padded copy', async () => {
+  const dir = scratch('range');
+  const img = path.join(dir, 'image.bin');
+  const clean = bytes(PAGE_SIZE + 100, 4);
+  const dirty = bytes(PAGE_SIZE + 200, 5);
+  const file = Buffer.alloc(PAGE_SIZE * 6, 0);
+  clean.copy(file, PAGE_SIZE);
+  dirty.copy(file, PAGE_SIZE * 3);
+  file.fill(0xee, PAGE_SIZE * 3 + dirty.length, PAGE_SIZE * 5); // other data right after EOF
+  fs.writeFileSync(img, file);
+  const r = new MemoryReader([
+    { name: 'clean', content: clean, fingerprint: claim(clean), plain: { device: 0, physical: PAGE_SIZE } },
+    { name: 'dirty', content: dirty, fingerprint: claim(dirty), plain: { device: 0, physical: PAGE_SIZE * 3 } },
+  ]);
+  const reg = new ShareRegistry(options());
+  const im = reg.registerImage({ name: 'i', paths: [img], reader: r, fingerprint: digestSource });
+  const bc = reg.backingFor(im, r.nidOf('clean'))!;
+  const bd = reg.backingFor(im, r.nidOf('dirty'))!;
+  assert.equal(bc.kind, 'image-range');
+  assert.equal(bd.kind, 'image-range');
+  assert.deepEqual(await bd.read(0, 1 << 20), dirty);
+  const pc = await bc.mapPieces(0, 2 << 20);
+  assert.deepEqual(pc.map((p) => [p.fdOffset, p.length]), [[PAGE_SIZE, 2 * PAGE_SIZE]], 'clean tail maps in place');
+  const pd = await bd.mapPieces(0, 2 << 20);
+  assert.equal(pd.length, 2);
+  assert.deepEqual([pd[0]!.fdOffset, pd[0]!.length], [PAGE_SIZE * 3, PAGE_SIZE]);
+  const tail = Buffer.alloc(PAGE_SIZE);
+  fs.readSync(pd[1]!.fd, tail, 0, PAGE_SIZE, 0);
+  assert.deepEqual(tail.subarray(0, 200), dirty.subarray(PAGE_SIZE));
+  assert.ok(tail.subarray(200).every((x) => x === 0), 'zeros past EOF, not the neighbour');
+  await assert.rejects(bd.mapPieces(1, PAGE_SIZE));
+  reg.close();
+});
+
+test('blobs fill lazily per granule, evict LRU beyond the budget, and drop on request', async () => {
+  const big = bytes(BLOB_GRANULE * 3 + 17, 6);
+  const other = bytes(BLOB_GRANULE, 7);
+  const r = new MemoryReader([
+    { name: 'big', content: big, fingerprint: claim(big) },
+    { name: 'other', content: other, fingerprint: claim(other) },
+  ]);
+  const reg = new ShareRegistry(options({ budgetBytes: BLOB_GRANULE * 3 }));
+  const im = reg.registerImage({ name: 'i', paths: ['/dev/null'], reader: r, fingerprint: digestSource });
+  const b = reg.backingFor(im, r.nidOf('big'))!;
+  assert.equal(b.kind, 'blob');
+  assert.equal(b.residentBytes(), 0);
+  const slice = await reg.readShared(im, b, BLOB_GRANULE + 5, 100);
+  assert.deepEqual(slice, big.subarray(BLOB_GRANULE + 5, BLOB_GRANULE + 105));
+  assert.equal(b.residentBytes(), BLOB_GRANULE, 'only the touched granule was filled');
+  // Concurrent readers of one granule fill it once.
+  const before = r.bytesRead;
+  await Promise.all([reg.readShared(im, b, 0, 10), reg.readShared(im, b, 20, 10), reg.readShared(im, b, 30, 10)]);
+  assert.equal(r.bytesRead - before, BLOB_GRANULE);
+  assert.deepEqual(await reg.readShared(im, b, 0, big.length), big);
+  // Filling 'other' exceeds the budget: the least recently used unpinned blob goes.
+  const o = reg.backingFor(im, r.nidOf('other'))!;
+  await reg.readShared(im, o, 0, 10);
+  assert.ok(b.closed, 'LRU blob evicted');
+  assert.equal(reg.stats().i!.evictions, 1);
+  // Evicted content comes back on demand.
+  const b2 = reg.backingFor(im, r.nidOf('big'))!;
+  assert.notEqual(b2, b);
+  assert.deepEqual(await reg.readShared(im, b2, 7, 9), big.subarray(7, 16));
+  // Pinned blobs survive drop(); unpinned ones go.
+  b2.mappings++;
+  const dropped = reg.drop();
+  assert.equal(dropped.blobs, 1);
+  assert.ok(!b2.closed && o.closed);
+  b2.mappings--;
+  reg.close();
+});
+
+test('removing the first holder re-points the backing to another image', async () => {
+  const content = bytes(5000, 8);
+  const a = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const b = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const reg = new ShareRegistry(options());
+  const ia = reg.registerImage({ name: 'a', domain: 'd', paths: ['/dev/null'], reader: a, fingerprint: digestSource });
+  const ib = reg.registerImage({ name: 'b', domain: 'd', paths: ['/dev/null'], reader: b, fingerprint: digestSource });
+  const backing = reg.backingFor(ia, a.nidOf('f'))!;
+  assert.equal(reg.backingFor(ib, b.nidOf('f')), backing);
+  reg.removeImage(ia);
+  assert.equal(backing.sourceImageId, ib.id);
+  assert.deepEqual(await reg.readShared(ib, backing, 0, 5000), content);
+  assert.equal(a.bytesRead, 0, 'nothing read from the removed image');
+  assert.equal(b.bytesRead, 5000);
+  reg.close();
+});
+
+test('computed fingerprints persist in a sidecar index keyed by image identity', () => {
+  const dir = scratch('index');
+  const img = path.join(dir, 'img');
+  fs.writeFileSync(img, bytes(8192, 9));
+  const content = bytes(3000, 10);
+  const r1 = new MemoryReader([{ name: 'f', content }]);
+  const id = imageIdentity(img);
+  assert.match(id, /^[0-9a-f]{32}$/);
+  const f1 = new FingerprintResolver(r1, { kind: 'compute', indexDir: dir }, id);
+  const d1 = f1.get(r1.nidOf('f'))!;
+  assert.deepEqual(d1, createHash('sha256').update(content).digest());
+  f1.flush();
+  const r2 = new MemoryReader([{ name: 'f', content }]);
+  const f2 = new FingerprintResolver(r2, { kind: 'compute', indexDir: dir }, id);
+  assert.deepEqual(f2.get(r2.nidOf('f')), d1);
+  assert.equal(r2.bytesRead, 0, 'restart does not re-hash');
+});
+
+test('DAX window bookkeeping: setup, remap, partial remove, reset, bounds', async () => {
+  const calls: string[] = [];
+  const channel: MapChannel = {
+    async map(off: number, pieces: MapPiece[]) { calls.push(`map ${off} ${pieces.map((p) => p.length).join('+')}`); },
+    async unmap(off: number, len: number) { calls.push(`unmap ${off} ${len}`); },
+  };
+  const content = bytes(3 * PAGE_SIZE, 11);
+  const r = new MemoryReader([{ name: 'f', content, fingerprint: claim(content) }]);
+  const reg = new ShareRegistry(options());
+  const im = reg.registerImage({ name: 'i', paths: ['/dev/null'], reader: r, fingerprint: digestSource });
+  const b = reg.backingFor(im, r.nidOf('f'))!;
+  const unpinned: unknown[] = [];
+  const win = new DaxWindow(16 * PAGE_SIZE, channel, (x) => unpinned.push(x));
+  await win.setup(b, 0, 2 << 20, 0).catch(() => {}); // exceeds the window: refused
+  assert.equal(win.mappedRanges, 0);
+  await win.setup(b, 0, 4 * PAGE_SIZE, 0);
+  assert.equal(b.mappings, 1);
+  assert.deepEqual(calls, [`map 0 ${3 * PAGE_SIZE}`], 'clipped at the rounded-up EOF');
+  await win.setup(b, 0, PAGE_SIZE, 8 * PAGE_SIZE);
+  assert.equal(b.mappings, 2);
+  await win.remove(PAGE_SIZE, PAGE_SIZE); // splits the first range in two
+  assert.equal(win.mappedRanges, 3);
+  assert.equal(b.mappings, 3);
+  await assert.rejects(win.setup(b, 1, PAGE_SIZE, 0), /page-aligned/);
+  await assert.rejects(win.setup(b, 4 * PAGE_SIZE, PAGE_SIZE, 0), /past EOF/);
+  await assert.rejects(win.remove(15 * PAGE_SIZE, 2 * PAGE_SIZE), /outside/);
+  win.reset();
+  assert.equal(b.mappings, 0);
+  assert.equal(win.mappedRanges, 0);
+  assert.equal(unpinned.length, 1);
+  reg.close();
+});
