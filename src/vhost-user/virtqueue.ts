@@ -1,0 +1,424 @@
+// Split virtqueues (VIRTIO 1.x §2.7): read the avail index, then its entries; walk descriptor
+// chains (with INDIRECT tables) into views of guest memory; publish used elements before the
+// used index; EVENT_IDX notification suppression; kick and call eventfds.
+//
+// Everything in the rings is written by the guest and is hostile: every index, length and
+// address is checked, a bad chain is dropped with an error log and the queue keeps serving.
+import { native, type FdWatch } from '../native/index.js';
+import { closeQuietly, type GuestMemory } from './memory.js';
+import { MAX_QUEUE_SIZE, type VringAddr } from './protocol.js';
+import type { Logger } from './logger.js';
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+/** Upper bound on the bytes one chain may describe (each direction). */
+export const MAX_CHAIN_BYTES = 256 * 1024 * 1024;
+/** Chains handed to the device per turn of the event loop before yielding. */
+const POP_BUDGET = 64;
+
+export class ChainError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ChainError';
+  }
+}
+
+/** One request: the device-readable buffers, then the device-writable ones. */
+export interface DescriptorChain {
+  readonly queue: VirtQueue;
+  readonly head: number;
+  readonly readable: Buffer[];
+  readonly writable: Buffer[];
+  readonly readableLength: number;
+  readonly writableLength: number;
+  /** @internal queue generation the chain belongs to. */
+  readonly generation: number;
+  /** @internal memory table the views point into. */
+  readonly memory: GuestMemory;
+}
+
+export type ChainHandler = (chain: DescriptorChain) => void;
+
+interface RingViews {
+  desc: Buffer;
+  avail: Buffer;
+  used: Buffer;
+  availIdx: Uint16Array; // [flags, idx]
+  usedEvent: Uint16Array; // [used_event] (end of avail ring)
+  usedIdx: Uint16Array; // [flags, idx]
+  availEvent: Uint16Array; // [avail_event] (end of used ring)
+}
+
+function u16view(b: Buffer, byteOffset: number, n: number): Uint16Array {
+  return new Uint16Array(b.buffer, b.byteOffset + byteOffset, n);
+}
+
+export class VirtQueue {
+  readonly index: number;
+  size = 0;
+  addr: VringAddr | null = null;
+  lastAvailIdx = 0;
+  usedIdx = 0;
+  enabled = false;
+  started = false;
+  /** Set when the guest broke the ring itself (bad avail index): stop until reset. */
+  broken = false;
+  eventIdx = false;
+  indirect = false;
+  kickFd = -1;
+  callFd = -1;
+  errFd = -1;
+  generation = 0;
+  /** Chains handed out and not yet completed (current generation). */
+  inflight = 0;
+  stats = { chains: 0, dropped: 0, notifications: 0 };
+
+  private views: RingViews | null = null;
+  private memory: GuestMemory | null = null;
+  private kickWatch: FdWatch | null = null;
+  private signalledUsed = 0;
+  private signalledValid = false;
+  private notifyPending = false;
+  private processScheduled = false;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(index: number, private readonly log: Logger, private handler: ChainHandler) {
+    this.index = index;
+  }
+
+  setHandler(h: ChainHandler): void {
+    this.handler = h;
+  }
+
+  setSize(num: number): void {
+    if (this.started) throw new ChainError(`queue ${this.index}: size change while started`);
+    if (num === 0 || num > MAX_QUEUE_SIZE || (num & (num - 1)) !== 0) throw new ChainError(`queue ${this.index}: invalid size ${num}`);
+    this.size = num;
+    this.views = null;
+    if (this.addr && this.memory) this.translate();
+  }
+
+  setBase(base: number): void {
+    this.lastAvailIdx = base & 0xffff;
+  }
+
+  setAddr(addr: VringAddr, memory: GuestMemory | null): void {
+    this.addr = addr;
+    this.memory = memory;
+    this.views = null;
+    if (memory && this.size) this.translate();
+  }
+
+  /** The memory table changed: re-translate the ring addresses. */
+  setMemory(memory: GuestMemory): void {
+    this.memory = memory;
+    this.views = null;
+    if (this.addr && this.size) {
+      try {
+        this.translate();
+      } catch (e) {
+        this.log.error({ queue: this.index, err: String(e) }, 'vring addresses no longer translate after memory change');
+      }
+    }
+  }
+
+  private translate(): void {
+    const a = this.addr!;
+    const n = this.size;
+    const mem = this.memory!;
+    if (a.desc % 16n !== 0n || a.avail % 2n !== 0n || a.used % 4n !== 0n) throw new ChainError(`queue ${this.index}: misaligned ring addresses`);
+    const desc = mem.uvaView(a.desc, 16 * n);
+    const avail = mem.uvaView(a.avail, 6 + 2 * n);
+    const used = mem.uvaView(a.used, 6 + 8 * n);
+    try {
+      this.views = {
+        desc,
+        avail,
+        used,
+        availIdx: u16view(avail, 0, 2),
+        usedEvent: u16view(avail, 4 + 2 * n, 1),
+        usedIdx: u16view(used, 0, 2),
+        availEvent: u16view(used, 4 + 8 * n, 1),
+      };
+    } catch (e) {
+      throw new ChainError(`queue ${this.index}: ring not 2-byte aligned in our mapping (${String(e)})`);
+    }
+  }
+
+  get ready(): boolean {
+    return this.views !== null && this.kickFd >= 0;
+  }
+
+  setKick(fd: number): void {
+    this.stopKickWatch();
+    if (this.kickFd >= 0) closeQuietly(this.kickFd);
+    this.kickFd = fd;
+  }
+
+  setCall(fd: number): void {
+    if (this.callFd >= 0 && this.callFd !== fd) closeQuietly(this.callFd);
+    this.callFd = fd;
+    // A new call fd: the guest may have missed a notification while none was set.
+    this.signalledValid = false;
+  }
+
+  setErr(fd: number): void {
+    if (this.errFd >= 0 && this.errFd !== fd) closeQuietly(this.errFd);
+    this.errFd = fd;
+  }
+
+  /** Starts serving: needs size, translated addresses and a kick fd. */
+  start(): void {
+    if (this.started) return;
+    if (!this.views || this.kickFd < 0) throw new ChainError(`queue ${this.index}: not configured`);
+    this.started = true;
+    this.broken = false;
+    this.usedIdx = Atomics.load(this.views.usedIdx, 1);
+    this.signalledValid = false;
+    try {
+      native.setNonblocking(this.kickFd, true);
+    } catch {
+      /* not fatal: reads happen only when readable */
+    }
+    const fd = this.kickFd;
+    this.kickWatch = native.watch(fd, native.constants.READABLE, (_ev, err) => {
+      if (err) {
+        this.log.error({ queue: this.index, errno: err }, 'kick fd poll error');
+        this.stopKickWatch();
+        return;
+      }
+      try {
+        native.eventfdRead(fd);
+      } catch (e) {
+        this.log.error({ queue: this.index, err: String(e) }, 'kick fd read failed');
+        this.stopKickWatch();
+        return;
+      }
+      this.process();
+    });
+    // Requests may already be waiting (e.g. after a reconnect or a late enable).
+    this.scheduleProcess();
+  }
+
+  private stopKickWatch(): void {
+    if (this.kickWatch) {
+      this.kickWatch.close();
+      this.kickWatch = null;
+    }
+  }
+
+  /**
+   * Stops the ring (GET_VRING_BASE, RESET): no more chains are taken, completions of chains
+   * taken before are dropped, kick/call/err fds are closed. Returns the next avail index.
+   */
+  stop(): number {
+    this.stopKickWatch();
+    for (const fd of [this.kickFd, this.callFd, this.errFd]) if (fd >= 0) closeQuietly(fd);
+    this.kickFd = this.callFd = this.errFd = -1;
+    this.started = false;
+    this.generation++;
+    this.inflight = 0;
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const f of w) f();
+    return this.lastAvailIdx;
+  }
+
+  /** Full reset to the unconfigured state (RESET_DEVICE / disconnect). */
+  reset(): void {
+    this.stop();
+    this.size = 0;
+    this.addr = null;
+    this.views = null;
+    this.lastAvailIdx = 0;
+    this.usedIdx = 0;
+    this.enabled = false;
+    this.broken = false;
+    this.memory = null;
+  }
+
+  /** Resolves when no chain of the current generation is in flight (or after timeoutMs). */
+  drain(timeoutMs: number): Promise<boolean> {
+    if (this.inflight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.drainWaiters = this.drainWaiters.filter((f) => f !== done);
+        resolve(false);
+      }, timeoutMs);
+      const done = (): void => {
+        clearTimeout(t);
+        resolve(this.inflight === 0);
+      };
+      this.drainWaiters.push(done);
+    });
+  }
+
+  scheduleProcess(): void {
+    if (this.processScheduled) return;
+    this.processScheduled = true;
+    setImmediate(() => {
+      this.processScheduled = false;
+      this.process();
+    });
+  }
+
+  /** Takes available chains and hands them to the handler (bounded per turn). */
+  process(): void {
+    if (!this.started || !this.enabled || this.broken || !this.views || !this.memory) return;
+    const v = this.views;
+    const mem = this.memory;
+    let budget = POP_BUDGET;
+    for (;;) {
+      let availIdx = Atomics.load(v.availIdx, 1);
+      const pending = (availIdx - this.lastAvailIdx) & 0xffff;
+      if (pending > this.size) {
+        this.log.error({ queue: this.index, availIdx, lastAvailIdx: this.lastAvailIdx, size: this.size }, 'guest moved the avail index too far; queue stopped until reset');
+        this.broken = true;
+        return;
+      }
+      if (pending === 0) {
+        if (!this.eventIdx) return;
+        // Ask for a kick at the next entry, then look again (the guest may have added one
+        // before seeing avail_event: Atomics are sequentially consistent, a full fence).
+        Atomics.store(v.availEvent, 0, this.lastAvailIdx);
+        availIdx = Atomics.load(v.availIdx, 1);
+        if (((availIdx - this.lastAvailIdx) & 0xffff) === 0) return;
+        continue;
+      }
+      if (budget-- <= 0) {
+        this.scheduleProcess();
+        return;
+      }
+      const slot = this.lastAvailIdx % this.size;
+      const head = v.avail.readUInt16LE(4 + 2 * slot);
+      this.lastAvailIdx = (this.lastAvailIdx + 1) & 0xffff;
+      let chain: DescriptorChain;
+      try {
+        chain = this.parseChain(head, mem);
+      } catch (e) {
+        this.stats.dropped++;
+        this.log.error({ queue: this.index, head, err: e instanceof Error ? e.message : String(e) }, 'dropping bad descriptor chain');
+        // Give a valid head back with nothing written so the guest's slot is not lost.
+        if (head < this.size) this.publishUsed(head, 0);
+        continue;
+      }
+      this.stats.chains++;
+      this.inflight++;
+      mem.acquire();
+      try {
+        this.handler(chain);
+      } catch (e) {
+        this.log.error({ queue: this.index, err: String(e) }, 'request handler threw');
+        this.complete(chain, 0);
+      }
+    }
+  }
+
+  /** Walks the chain at `head` into memory views. Throws ChainError on anything malformed. */
+  parseChain(head: number, mem: GuestMemory): DescriptorChain {
+    if (head >= this.size) throw new ChainError(`head index ${head} >= queue size ${this.size}`);
+    let table = this.views!.desc;
+    let tableLen = this.size;
+    let inIndirect = false;
+    let i = head;
+    let count = 0;
+    const readable: Buffer[] = [];
+    const writable: Buffer[] = [];
+    let rlen = 0;
+    let wlen = 0;
+    for (;;) {
+      if (++count > tableLen) throw new ChainError(`descriptor loop or chain longer than ${tableLen}`);
+      const off = 16 * i;
+      const addr = table.readBigUInt64LE(off);
+      const len = table.readUInt32LE(off + 8);
+      const flags = table.readUInt16LE(off + 12);
+      const next = table.readUInt16LE(off + 14);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        if (!this.indirect) throw new ChainError('indirect descriptor without INDIRECT_DESC');
+        if (inIndirect) throw new ChainError('nested indirect descriptor');
+        if (flags & VIRTQ_DESC_F_NEXT) throw new ChainError('indirect descriptor with NEXT');
+        if (len === 0 || len % 16 !== 0 || len / 16 > MAX_QUEUE_SIZE) throw new ChainError(`indirect table length ${len}`);
+        table = mem.gpaView(addr, len);
+        tableLen = len / 16;
+        inIndirect = true;
+        i = 0;
+        count = 0;
+        continue;
+      }
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        wlen += len;
+        if (wlen > MAX_CHAIN_BYTES) throw new ChainError(`writable part over ${MAX_CHAIN_BYTES} bytes`);
+        if (len) for (const s of mem.gpaSlices(addr, len)) writable.push(s);
+      } else {
+        if (wlen > 0 || writable.length) throw new ChainError('device-readable descriptor after a writable one');
+        rlen += len;
+        if (rlen > MAX_CHAIN_BYTES) throw new ChainError(`readable part over ${MAX_CHAIN_BYTES} bytes`);
+        if (len) for (const s of mem.gpaSlices(addr, len)) readable.push(s);
+      }
+      if (!(flags & VIRTQ_DESC_F_NEXT)) break;
+      if (next >= tableLen) throw new ChainError(`next index ${next} >= ${tableLen}`);
+      i = next;
+    }
+    return { queue: this, head, readable, writable, readableLength: rlen, writableLength: wlen, generation: this.generation, memory: mem };
+  }
+
+  /**
+   * Returns a chain to the guest with `written` bytes in its writable part, and notifies
+   * (coalesced per microtask). A chain from an earlier generation (the ring was stopped
+   * meanwhile) is dropped.
+   */
+  complete(chain: DescriptorChain, written: number): void {
+    chain.memory.release();
+    if (chain.generation !== this.generation || !this.started) return;
+    this.inflight--;
+    this.publishUsed(chain.head, Math.min(Math.max(0, written), chain.writableLength));
+    if (this.inflight === 0 && this.drainWaiters.length) {
+      const w = this.drainWaiters;
+      this.drainWaiters = [];
+      queueMicrotask(() => w.forEach((f) => f()));
+    }
+  }
+
+  private publishUsed(head: number, len: number): void {
+    const v = this.views;
+    if (!v) return;
+    const slot = this.usedIdx % this.size;
+    v.used.writeUInt32LE(head, 4 + 8 * slot);
+    v.used.writeUInt32LE(len >>> 0, 8 + 8 * slot);
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    // The element is written before the index becomes visible (seq-cst store).
+    Atomics.store(v.usedIdx, 1, this.usedIdx);
+    if (!this.notifyPending) {
+      this.notifyPending = true;
+      queueMicrotask(() => this.flushNotify());
+    }
+  }
+
+  private flushNotify(): void {
+    this.notifyPending = false;
+    const v = this.views;
+    if (!v || this.callFd < 0) return;
+    let need: boolean;
+    if (this.eventIdx) {
+      const usedEvent = Atomics.load(v.usedEvent, 0);
+      const newIdx = this.usedIdx;
+      const old = this.signalledUsed;
+      need = !this.signalledValid || ((newIdx - usedEvent - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+      this.signalledUsed = newIdx;
+      this.signalledValid = true;
+    } else {
+      need = (Atomics.load(v.availIdx, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    }
+    if (!need) return;
+    this.stats.notifications++;
+    try {
+      native.eventfdWrite(this.callFd, 1);
+    } catch (e) {
+      this.log.error({ queue: this.index, err: String(e) }, 'call fd write failed');
+    }
+  }
+}

@@ -1,0 +1,493 @@
+// vhost-user-ts: message codec, guest memory translation bounds, split-virtqueue chain parsing
+// against hostile descriptors, used-ring publication/notification, and the back-end state
+// machine over a socketpair (handshake, REPLY_ACK, refusal of unknown requests, no fd leaks).
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { native } from '../src/native/index.js';
+import {
+  FLAG_NEED_REPLY,
+  FLAG_REPLY,
+  GuestMemory,
+  MemoryError,
+  MessageFramer,
+  ProtoFeature,
+  ProtocolError,
+  Req,
+  VERSION,
+  VhostUserConnection,
+  VirtQueue,
+  VirtioFeature,
+  ChainError,
+  bit,
+  decodeConfig,
+  decodeFsMap,
+  decodeMemTable,
+  decodeShmemMap,
+  decodeVringAddr,
+  encodeConfig,
+  encodeFsMap,
+  encodeMemTable,
+  encodeMessage,
+  encodeShmemMap,
+  encodeSingleRegion,
+  encodeVringAddr,
+  encodeVringState,
+  silentLogger,
+  u64,
+  type DescriptorChain,
+  type MemRegionDesc,
+  type VhostUserDevice,
+} from '../src/vhost-user/index.js';
+
+const C = native.constants;
+const MiB = 1024 * 1024;
+
+/** A memfd standing in for guest RAM, mapped on "our" side too so tests can write rings. */
+class FakeGuest {
+  readonly fd: number;
+  readonly ram: Buffer;
+  private readonly ab: ArrayBuffer;
+  constructor(readonly size: number, readonly gpaBase = 0, readonly uvaBase = 0x7f0000000000) {
+    this.fd = native.memfdCreate('fake-guest', C.MFD_CLOEXEC);
+    native.ftruncate(this.fd, size);
+    this.ab = native.mmap(this.fd, 0, size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED);
+    this.ram = Buffer.from(this.ab);
+  }
+  region(off = 0, size = this.size): MemRegionDesc {
+    return { guestPhys: BigInt(this.gpaBase + off), size: BigInt(size), userAddr: BigInt(this.uvaBase + off), mmapOffset: BigInt(off) };
+  }
+  /** A GuestMemory mapping the whole fake RAM as one region (fd dup'ed: fromTable closes it). */
+  memory(regions: MemRegionDesc[] = [this.region()]): GuestMemory {
+    return GuestMemory.fromTable(regions, regions.map(() => dupFd(this.fd)));
+  }
+  uva(gpa: number): bigint {
+    return BigInt(this.uvaBase + gpa - this.gpaBase);
+  }
+  close(): void {
+    native.munmap(this.ab);
+    fs.closeSync(this.fd);
+  }
+}
+
+/** dup(2) through SCM_RIGHTS (works for memfds and eventfds alike). */
+function dupFd(fd: number): number {
+  const [a, b] = native.socketpair();
+  try {
+    native.sendmsg(a, Buffer.from('d'), [fd]);
+    const r = native.recvmsg(b, new Uint8Array(1));
+    assert.equal(r.fds.length, 1);
+    return r.fds[0]!;
+  } finally {
+    fs.closeSync(a);
+    fs.closeSync(b);
+  }
+}
+
+// Ring layout used by the queue tests (guest-physical offsets; gpaBase 0).
+const DESC = 0x1000;
+const AVAIL = 0x3000;
+const USED = 0x4000;
+const QSIZE = 16;
+
+function writeDesc(ram: Buffer, table: number, i: number, addr: number | bigint, len: number, flags: number, next = 0): void {
+  const o = table + 16 * i;
+  ram.writeBigUInt64LE(BigInt(addr), o);
+  ram.writeUInt32LE(len >>> 0, o + 8);
+  ram.writeUInt16LE(flags, o + 12);
+  ram.writeUInt16LE(next, o + 14);
+}
+
+function offer(ram: Buffer, head: number): void {
+  const idx = ram.readUInt16LE(AVAIL + 2);
+  ram.writeUInt16LE(head, AVAIL + 4 + 2 * (idx % QSIZE));
+  ram.writeUInt16LE((idx + 1) & 0xffff, AVAIL + 2);
+}
+
+function makeQueue(g: FakeGuest, mem: GuestMemory, handler: (c: DescriptorChain) => void = () => {}): VirtQueue {
+  const q = new VirtQueue(1, silentLogger, handler);
+  q.setSize(QSIZE);
+  q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
+  q.indirect = true;
+  return q;
+}
+
+test('codec: messages, vring state/addr, mem table, config, SHMEM_MAP and FS_MAP round-trip', () => {
+  const m = encodeMessage(Req.SET_VRING_NUM, VERSION | FLAG_NEED_REPLY, encodeVringState({ index: 2, num: 256 }));
+  assert.equal(m.length, 20);
+  assert.deepEqual([m.readUInt32LE(0), m.readUInt32LE(4), m.readUInt32LE(8)], [8, 9, 8]);
+  const addr = { index: 1, flags: 0, desc: 0x1000n, used: 0x3000n, avail: 0x2000n, log: 0n };
+  assert.deepEqual(decodeVringAddr(encodeVringAddr(addr)), addr);
+  const regions: MemRegionDesc[] = [
+    { guestPhys: 0n, size: 0xa0000n, userAddr: 0x7f0000000000n, mmapOffset: 0n },
+    { guestPhys: 0x100000n, size: 0x7ff00000n, userAddr: 0x7f0000100000n, mmapOffset: 0x100000n },
+  ];
+  assert.deepEqual(decodeMemTable(encodeMemTable(regions)), regions);
+  const bad = encodeMemTable(regions);
+  bad.writeUInt32LE(9, 0);
+  assert.throws(() => decodeMemTable(bad), ProtocolError, 'more than 8 regions refused');
+  bad.writeUInt32LE(3, 0);
+  assert.throws(() => decodeMemTable(bad), ProtocolError, 'table shorter than its count refused');
+  const cfg = { offset: 0, size: 40, flags: 0, data: Buffer.alloc(40, 7) };
+  assert.deepEqual(decodeConfig(encodeConfig(cfg)), cfg);
+  const huge = encodeConfig(cfg);
+  huge.writeUInt32LE(4096, 4);
+  assert.throws(() => decodeConfig(huge), ProtocolError);
+  const sm = { shmid: 0, fdOffset: 4096n, shmOffset: 2n * BigInt(MiB), len: 8192n, flags: 1n };
+  assert.equal(encodeShmemMap(sm).length, 40);
+  assert.deepEqual(decodeShmemMap(encodeShmemMap(sm)), sm);
+  const fsm = [{ fdOffset: 0n, cacheOffset: 0x200000n, len: 0x1000n, flags: 1n }];
+  const enc = encodeFsMap(fsm);
+  assert.equal(enc.length, 256);
+  assert.equal(enc.readBigUInt64LE(64), 0x200000n, 'cache_offset array starts at byte 64');
+  assert.equal(enc.readBigUInt64LE(128), 0x1000n, 'len array starts at byte 128');
+  assert.deepEqual(decodeFsMap(enc), fsm);
+});
+
+test('framer: split reads, several messages, fds stay with their message, bad headers refused', () => {
+  const f = new MessageFramer();
+  const a = encodeMessage(Req.GET_FEATURES, VERSION);
+  const b = encodeMessage(Req.SET_FEATURES, VERSION, u64(5));
+  const both = Buffer.concat([a, b]);
+  f.push(both.subarray(0, 5), []);
+  assert.equal(f.wanted(), 7);
+  assert.equal(f.next(), null);
+  f.push(both.subarray(5, 17), [42]);
+  const m1 = f.next()!;
+  assert.equal(m1.request, Req.GET_FEATURES);
+  assert.deepEqual(m1.fds, [42]);
+  assert.equal(f.next(), null);
+  f.push(both.subarray(17), []);
+  const m2 = f.next()!;
+  assert.equal(m2.request, Req.SET_FEATURES);
+  assert.equal(m2.payload.readBigUInt64LE(0), 5n);
+  assert.deepEqual(m2.fds, []);
+  const f2 = new MessageFramer();
+  const big = encodeMessage(1, VERSION);
+  big.writeUInt32LE(1 << 20, 8);
+  f2.push(big, []);
+  assert.equal(f2.wanted(), 0);
+  assert.throws(() => f2.next(), ProtocolError, 'oversized payload refused');
+  const f3 = new MessageFramer();
+  f3.push(encodeMessage(1, 2), []);
+  assert.throws(() => f3.next(), /version/);
+});
+
+test('guest memory: translation within bounds, across adjacent regions, and refusal outside', () => {
+  const g = new FakeGuest(4 * MiB, 0x100000);
+  // Two regions, adjacent in guest-physical space, from one memfd at different offsets.
+  const mem = g.memory([g.region(0, 2 * MiB), g.region(2 * MiB, 2 * MiB)]);
+  try {
+    g.ram.write('hello', 2 * MiB - 2);
+    const slices = mem.gpaSlices(0x100000 + 2 * MiB - 2, 5);
+    assert.equal(slices.length, 2, 'a buffer spanning two regions is split');
+    assert.equal(Buffer.concat(slices).toString(), 'hello');
+    assert.equal(mem.gpaView(0x100000, 16).length, 16);
+    assert.throws(() => mem.gpaView(0x100000 + 2 * MiB - 2, 5), MemoryError, 'one-region view refuses a crossing');
+    assert.throws(() => mem.gpaSlices(0x100000 - 1, 2), MemoryError, 'below guest memory');
+    assert.throws(() => mem.gpaSlices(0x100000 + 4 * MiB - 1, 2), MemoryError, 'past the end');
+    assert.throws(() => mem.gpaSlices(0xffffffffffffff00n, 0x100), MemoryError, 'huge address');
+    assert.throws(() => mem.gpaSlices(0x100000, 0x7fffffff * 3), MemoryError, 'huge length');
+    assert.deepEqual(mem.gpaSlices(0x100000, 0), []);
+    assert.equal(mem.uvaView(g.uva(0x100000 + 16), 16).length, 16);
+    assert.throws(() => mem.uvaView(g.uva(0x100000) - 1n, 16), MemoryError);
+    // Writes through a view land in the shared memory.
+    mem.gpaSlices(0x100000 + 100, 3)[0]!.write('abc');
+    assert.equal(g.ram.toString('utf8', 100, 103), 'abc');
+    // Overlapping regions are refused and nothing stays mapped.
+    assert.throws(() => g.memory([g.region(0, 2 * MiB), g.region(MiB, 2 * MiB)]), ProtocolError);
+  } finally {
+    mem.retire();
+    g.close();
+  }
+  assert.equal(mem.regions[0]!.mapped, false, 'retired table is unmapped');
+});
+
+test('guest memory: a retired table stays mapped until its last in-flight user releases it', () => {
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  mem.acquire();
+  mem.retire();
+  assert.equal(mem.regions[0]!.mapped, true);
+  mem.release();
+  assert.equal(mem.regions[0]!.mapped, false);
+  g.close();
+});
+
+test('virtqueue: well-formed direct and indirect chains become readable/writable views', () => {
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  const q = makeQueue(g, mem);
+  try {
+    g.ram.write('request-', 0x10000);
+    g.ram.write('body', 0x11000);
+    writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 3);
+    writeDesc(g.ram, DESC, 3, 0x11000, 4, 1, 5);
+    writeDesc(g.ram, DESC, 5, 0x12000, 100, 2);
+    const c = q.parseChain(0, mem);
+    assert.equal(Buffer.concat(c.readable).toString(), 'request-body');
+    assert.equal(c.readableLength, 12);
+    assert.equal(c.writableLength, 100);
+    c.writable[0]!.write('reply');
+    assert.equal(g.ram.toString('utf8', 0x12000, 0x12005), 'reply');
+    // Indirect table at 0x20000 with 3 entries, reached from descriptor 7.
+    const T = 0x20000;
+    writeDesc(g.ram, T, 0, 0x10000, 8, 1, 2);
+    writeDesc(g.ram, T, 2, 0x11000, 4, 1, 1);
+    writeDesc(g.ram, T, 1, 0x13000, 64, 2);
+    writeDesc(g.ram, DESC, 7, T, 48, 4);
+    const ci = q.parseChain(7, mem);
+    assert.equal(Buffer.concat(ci.readable).toString(), 'request-body');
+    assert.equal(ci.writableLength, 64);
+    // Zero-length descriptors are allowed and contribute nothing.
+    writeDesc(g.ram, DESC, 8, 0x10000, 0, 1, 9);
+    writeDesc(g.ram, DESC, 9, 0x10000, 8, 0);
+    assert.equal(Buffer.concat(q.parseChain(8, mem).readable).toString(), 'request-');
+  } finally {
+    mem.retire();
+    g.close();
+  }
+});
+
+test('virtqueue: hostile chains are refused with ChainError/MemoryError', () => {
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  const q = makeQueue(g, mem);
+  const bad = (head: number, re: RegExp | (new (...a: never[]) => Error), what: string): void => {
+    assert.throws(() => q.parseChain(head, mem), re, what);
+  };
+  try {
+    writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 1);
+    writeDesc(g.ram, DESC, 1, 0x10000, 8, 1, 0);
+    bad(0, /loop/, 'two-descriptor loop');
+    writeDesc(g.ram, DESC, 2, 0x10000, 8, 1, 2);
+    bad(2, /loop/, 'self loop');
+    writeDesc(g.ram, DESC, 3, 0x10000, 8, 1, QSIZE);
+    bad(3, /next index/, 'next past the table');
+    bad(QSIZE, /head index/, 'head past the table');
+    writeDesc(g.ram, DESC, 4, MiB - 4, 8, 0);
+    bad(4, MemoryError, 'buffer running off the end of guest memory');
+    writeDesc(g.ram, DESC, 4, 0xfffffffffffff000n, 4096, 0);
+    bad(4, MemoryError, 'address far outside guest memory');
+    writeDesc(g.ram, DESC, 5, 0x10000, 0xffffffff, 2);
+    bad(5, /over/, 'huge length');
+    writeDesc(g.ram, DESC, 6, 0x10000, 8, 2 | 1, 7);
+    writeDesc(g.ram, DESC, 7, 0x11000, 8, 0);
+    bad(6, /readable descriptor after a writable/, 'readable after writable');
+    const T = 0x20000;
+    writeDesc(g.ram, DESC, 8, T, 40, 4);
+    bad(8, /indirect table length/, 'indirect length not a multiple of 16');
+    writeDesc(g.ram, DESC, 8, T, 32, 4);
+    writeDesc(g.ram, T, 0, T, 16, 4);
+    bad(8, /nested indirect/, 'indirect inside indirect');
+    writeDesc(g.ram, T, 0, 0x10000, 8, 1, 1);
+    writeDesc(g.ram, T, 1, 0x10000, 8, 1, 0);
+    bad(8, /loop/, 'loop inside an indirect table');
+    writeDesc(g.ram, DESC, 9, MiB - 16, 64, 4);
+    bad(9, MemoryError, 'indirect table outside memory');
+    writeDesc(g.ram, DESC, 10, T, 32, 4 | 1, 0);
+    bad(10, /NEXT/, 'indirect with NEXT');
+    q.indirect = false;
+    writeDesc(g.ram, DESC, 8, T, 32, 4);
+    bad(8, /without INDIRECT_DESC/, 'indirect not negotiated');
+  } finally {
+    mem.retire();
+    g.close();
+  }
+});
+
+test('virtqueue: kick → handler; used element before index; call; bad chains dropped; EVENT_IDX', async () => {
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  const got: DescriptorChain[] = [];
+  const q = makeQueue(g, mem, (c) => got.push(c));
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const callCopy = dupFd(call);
+  try {
+    q.setKick(dupFd(kick));
+    q.setCall(dupFd(call));
+    q.enabled = true;
+    q.start();
+    writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 1);
+    writeDesc(g.ram, DESC, 1, 0x12000, 64, 2);
+    writeDesc(g.ram, DESC, 2, 0x10000, 8, 1, 2); // loop: dropped
+    writeDesc(g.ram, DESC, 3, 0x10000, 8, 1, 4);
+    writeDesc(g.ram, DESC, 4, 0x13000, 64, 2);
+    offer(g.ram, 0);
+    offer(g.ram, 2);
+    offer(g.ram, 3);
+    native.eventfdWrite(kick, 1);
+    const until = async (cond: () => boolean): Promise<void> => {
+      for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(cond(), 'condition reached');
+    };
+    await until(() => got.length === 2);
+    assert.deepEqual(got.map((c) => c.head), [0, 3]);
+    assert.equal(q.stats.dropped, 1);
+    // The dropped chain's head went back with length 0.
+    assert.equal(g.ram.readUInt16LE(USED + 2), 1);
+    assert.deepEqual([g.ram.readUInt32LE(USED + 4), g.ram.readUInt32LE(USED + 8)], [2, 0]);
+    // Complete out of order.
+    q.complete(got[1]!, 10);
+    q.complete(got[0]!, 1000); // clamped to the writable length
+    await new Promise((r) => setImmediate(r));
+    assert.equal(g.ram.readUInt16LE(USED + 2), 3);
+    assert.deepEqual([g.ram.readUInt32LE(USED + 12), g.ram.readUInt32LE(USED + 16)], [3, 10]);
+    assert.deepEqual([g.ram.readUInt32LE(USED + 20), g.ram.readUInt32LE(USED + 24)], [0, 64]);
+    assert.ok(native.eventfdRead(callCopy)! >= 1n, 'guest was notified');
+    // EVENT_IDX: the guest asks for an interrupt only once used idx passes 10.
+    q.eventIdx = true;
+    g.ram.writeUInt16LE(10, AVAIL + 4 + 2 * QSIZE);
+    offer(g.ram, 0);
+    native.eventfdWrite(kick, 1);
+    await until(() => got.length === 3);
+    q.complete(got[2]!, 0);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(g.ram.readUInt16LE(USED + 2), 4);
+    // First notification after enabling EVENT_IDX is unconditional; a second one must be suppressed.
+    native.eventfdRead(callCopy);
+    offer(g.ram, 3);
+    native.eventfdWrite(kick, 1);
+    await until(() => got.length === 4);
+    q.complete(got[3]!, 0);
+    await new Promise((r) => setImmediate(r));
+    assert.equal(native.eventfdRead(callCopy), null, 'no interrupt before used_event is crossed');
+    assert.equal(g.ram.readUInt16LE(USED + 4 + 8 * QSIZE), g.ram.readUInt16LE(AVAIL + 2), 'avail_event published');
+    // A guest that moves avail idx by more than the queue size breaks only this queue.
+    g.ram.writeUInt16LE((g.ram.readUInt16LE(AVAIL + 2) + QSIZE + 1) & 0xffff, AVAIL + 2);
+    native.eventfdWrite(kick, 1);
+    await until(() => q.broken);
+    assert.equal(q.stop(), q.lastAvailIdx);
+  } finally {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    fs.closeSync(call);
+    fs.closeSync(callCopy);
+    g.close();
+  }
+});
+
+/** Minimal front-end for the state-machine test. */
+class MiniFrontEnd {
+  readonly fd: number;
+  private buf = Buffer.alloc(4096);
+  constructor(fd: number) {
+    this.fd = fd;
+  }
+  send(req: number, payload?: Buffer, fds: number[] = [], flags = VERSION): void {
+    native.sendmsg(this.fd, encodeMessage(req, flags, payload), fds);
+  }
+  async reply(req: number): Promise<Buffer> {
+    for (let i = 0; i < 400; i++) {
+      const r = native.recvmsg(this.fd, this.buf);
+      if (r.bytes > 0) {
+        const f = new MessageFramer();
+        f.push(this.buf.subarray(0, r.bytes), r.fds);
+        const m = f.next();
+        assert.ok(m, 'a whole reply');
+        assert.equal(m.request, req);
+        assert.ok(m.flags & FLAG_REPLY);
+        return m.payload;
+      }
+      assert.notEqual(r.bytes, 0, 'back-end closed the connection');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    throw new Error(`no reply to ${req}`);
+  }
+  async call(req: number, payload?: Buffer, fds: number[] = []): Promise<Buffer> {
+    this.send(req, payload, fds);
+    return this.reply(req);
+  }
+  async ack(req: number, payload?: Buffer, fds: number[] = []): Promise<bigint> {
+    this.send(req, payload, fds, VERSION | FLAG_NEED_REPLY);
+    return (await this.reply(req)).readBigUInt64LE(0);
+  }
+}
+
+function countFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+/** Mappings of our fake guest RAM (memfd "fake-guest") in this process. */
+function countMaps(): number {
+  return fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:fake-guest')).length;
+}
+
+test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean teardown', async () => {
+  const fdsBefore = countFds();
+  const g = new FakeGuest(MiB);
+  const mapsBefore = countMaps();
+  const served: DescriptorChain[] = [];
+  const device: VhostUserDevice = {
+    features: 1n,
+    numQueues: 2,
+    getConfig: (off, size) => Buffer.alloc(40, 0x61).subarray(off, off + size),
+    handleChain: (c) => {
+      served.push(c);
+      c.writable[0]!.write('ok');
+      c.queue.complete(c, 2);
+    },
+  };
+  const [ours, theirs] = native.socketpair();
+  const conn = new VhostUserConnection(ours, device, silentLogger);
+  const fe = new MiniFrontEnd(theirs);
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  try {
+    const feats = (await fe.call(Req.GET_FEATURES)).readBigUInt64LE(0);
+    assert.ok(feats & bit(VirtioFeature.PROTOCOL_FEATURES));
+    assert.ok(feats & bit(VirtioFeature.VERSION_1));
+    assert.ok(feats & 1n, 'device feature offered');
+    const pf = (await fe.call(Req.GET_PROTOCOL_FEATURES)).readBigUInt64LE(0);
+    for (const b of [ProtoFeature.MQ, ProtoFeature.REPLY_ACK, ProtoFeature.BACKEND_REQ, ProtoFeature.CONFIGURE_MEM_SLOTS, ProtoFeature.STATUS, ProtoFeature.RESET_DEVICE]) {
+      assert.ok(pf & bit(b), `protocol feature ${b} offered`);
+    }
+    fe.send(Req.SET_PROTOCOL_FEATURES, u64(pf));
+    assert.equal((await fe.call(Req.GET_QUEUE_NUM)).readBigUInt64LE(0), 2n);
+    assert.equal((await fe.call(Req.GET_MAX_MEM_SLOTS)).readBigUInt64LE(0), 32n);
+    assert.equal(await fe.ack(Req.SET_OWNER), 0n);
+    assert.equal(await fe.ack(Req.SET_FEATURES, u64(feats)), 0n);
+    assert.equal(await fe.ack(Req.SET_MEM_TABLE, encodeMemTable([g.region()]), [g.fd]), 0n);
+    // Unknown and unsupported requests are refused but the connection stays up.
+    assert.equal(await fe.ack(99), 1n);
+    assert.equal(await fe.ack(Req.SET_LOG_BASE, u64(0)), 1n);
+    assert.equal(await fe.ack(Req.SET_VRING_NUM, encodeVringState({ index: 7, num: 16 })), 1n, 'queue out of range');
+    assert.equal(await fe.ack(Req.SET_VRING_NUM, encodeVringState({ index: 1, num: 15 })), 1n, 'size not a power of 2');
+    assert.equal(await fe.ack(Req.SET_VRING_NUM, encodeVringState({ index: 1, num: QSIZE })), 0n);
+    assert.equal(await fe.ack(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 })), 0n);
+    const badAddr = { index: 1, flags: 0, desc: 0x10n, avail: g.uva(AVAIL), used: g.uva(USED), log: 0n };
+    assert.equal(await fe.ack(Req.SET_VRING_ADDR, encodeVringAddr(badAddr)), 1n, 'ring outside memory');
+    assert.equal(await fe.ack(Req.SET_VRING_ADDR, encodeVringAddr({ ...badAddr, desc: g.uva(DESC) })), 0n);
+    assert.equal(await fe.ack(Req.SET_VRING_KICK, u64(1), [kick]), 0n);
+    assert.equal(await fe.ack(Req.SET_VRING_CALL, u64(1), [call]), 0n);
+    const cfg = decodeConfig(await fe.call(Req.GET_CONFIG, encodeConfig({ offset: 0, size: 40, flags: 0, data: Buffer.alloc(40) })));
+    assert.equal(cfg.data.toString(), 'a'.repeat(40));
+    assert.equal(await fe.ack(Req.SET_STATUS, u64(15)), 0n);
+    assert.equal((await fe.call(Req.GET_STATUS)).readBigUInt64LE(0), 15n);
+    // Ring disabled until SET_VRING_ENABLE (protocol features negotiated).
+    writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 1);
+    writeDesc(g.ram, DESC, 1, 0x12000, 8, 2);
+    offer(g.ram, 0);
+    native.eventfdWrite(kick, 1);
+    await new Promise((r) => setTimeout(r, 30));
+    assert.equal(served.length, 0, 'disabled ring is not served');
+    assert.equal(await fe.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 })), 0n);
+    for (let i = 0; i < 100 && served.length === 0; i++) await new Promise((r) => setTimeout(r, 5));
+    assert.equal(served.length, 1);
+    assert.equal(g.ram.toString('utf8', 0x12000, 0x12002), 'ok');
+    assert.equal(g.ram.readUInt16LE(USED + 2), 1);
+    const base = await fe.call(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
+    assert.equal(base.readUInt32LE(4), 1, 'next avail index returned');
+    assert.equal(await fe.ack(Req.RESET_DEVICE), 0n);
+  } finally {
+    fs.closeSync(theirs);
+    fs.closeSync(kick);
+    fs.closeSync(call);
+    for (let i = 0; i < 100 && !conn.isClosed; i++) await new Promise((r) => setTimeout(r, 5));
+  }
+  assert.ok(conn.isClosed, 'EOF closes the connection');
+  assert.equal(countMaps(), mapsBefore, 'the back-end unmapped guest memory');
+  g.close();
+  assert.equal(countFds(), fdsBefore, 'no fd leaked');
+});
