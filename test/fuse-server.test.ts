@@ -1,0 +1,390 @@
+// FuseServer + ImageTree driven with hand-encoded requests over an in-memory reader.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { FuseServer } from '../src/fuse/server.js';
+import { Errno, Opcode, InitFlag, FOPEN_KEEP_CACHE, FOPEN_DIRECT_IO, DT_DIR, DT_REG, DT_LNK, WRITE_OPCODES } from '../src/fuse/abi.js';
+import { ImageTree } from '../src/vfs/index.js';
+import { FakeReader, type FakeNode } from './support/fake-reader.js';
+import { cstr, initIn, parseAttr, parseDirents, parseEntry, parseReply, readIn, request, u32s, u64s } from './support/fuse-wire.js';
+
+const bigDir: Record<string, FakeNode> = {};
+for (let i = 0; i < 300; i++) bigDir[`entry-with-a-longish-name-${String(i).padStart(4, '0')}`] = { type: 'file', data: Buffer.from(`#${i}`) };
+
+function tree(): FakeNode & { type: 'dir' } {
+  return {
+    type: 'dir',
+    children: {
+      'hello.txt': { type: 'file', data: Buffer.from('hello, world\n'), xattrs: { 'user.color': Buffer.from('blue'), 'trusted.x': Buffer.alloc(100, 7) } },
+      'link': { type: 'symlink', target: 'hello.txt' },
+      'secret': { type: 'file', data: Buffer.from('s'), mode: 0o600 },
+      'sparse': { type: 'file', data: Buffer.alloc(3 * 65536), holes: [[0, 65536], [131072, 196608]] },
+      'sub': { type: 'dir', children: { 'deep': { type: 'file', data: Buffer.alloc(1 << 20, 0x61) } } },
+      'big': { type: 'dir', children: bigDir },
+      'dev': { type: 'chardev', rdev: (4 << 8) | 64 },
+    },
+  };
+}
+
+async function setup(opts: { minor?: number; serverOpts?: ConstructorParameters<typeof FuseServer>[1]; multi?: boolean } = {}) {
+  const reader = new FakeReader(tree());
+  const images = opts.multi ? [{ name: 'one', reader }, { name: 'two', reader: new FakeReader(tree(), { rootNid: 100 }) }] : [{ reader }];
+  const fs = new ImageTree({ images, entryTimeout: 5, attrTimeout: 7 });
+  const server = new FuseServer(fs, opts.serverOpts);
+  const init = parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn(opts.minor ?? 41))));
+  assert.equal(init.error, 0);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid, uid: 1000, gid: 100 }, ...args)));
+  const lookup = async (parent: number, name: string) => {
+    const r = await call(Opcode.LOOKUP, parent, cstr(name));
+    assert.equal(r.error, 0, `lookup ${name}`);
+    return parseEntry(r.body);
+  };
+  return { reader, fs, server, call, lookup, init };
+}
+
+test('INIT negotiates version, limits and flags (incl. flags2 behind INIT_EXT)', async () => {
+  const server = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { mapAlignment: 12, inodeDax: true, maxPages: 128, maxWrite: 65536, maxReadahead: 4096 });
+  // Anything before INIT is refused.
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1 }, u32s(0, 0), u64s(0)))).error, -Errno.EIO);
+  const r = parseReply(await server.handle(request({ opcode: Opcode.INIT, unique: 77n }, initIn(44, 0xffffffff, 0xffffffff, 131072))));
+  assert.equal(r.error, 0);
+  assert.equal(r.unique, 77n);
+  assert.equal(r.body.length, 64);
+  assert.equal(r.body.readUInt32LE(0), 7);
+  assert.equal(r.body.readUInt32LE(4), 41, 'minor = min(kernel, ours)');
+  assert.equal(r.body.readUInt32LE(8), 4096, 'max_readahead capped');
+  const flags = BigInt(r.body.readUInt32LE(12)) | (BigInt(r.body.readUInt32LE(32)) << 32n);
+  for (const f of ['ASYNC_READ', 'DO_READDIRPLUS', 'MAX_PAGES', 'MAP_ALIGNMENT', 'INIT_EXT', 'HAS_INODE_DAX', 'POSIX_ACL', 'PARALLEL_DIROPS'] as const) {
+    assert.ok(flags & InitFlag[f], `${f} replied`);
+  }
+  for (const f of ['WRITEBACK_CACHE', 'EXPORT_SUPPORT', 'SECURITY_CTX', 'PASSTHROUGH', 'SPLICE_MOVE', 'HANDLE_KILLPRIV'] as const) {
+    assert.ok(!(flags & InitFlag[f]), `${f} not replied`);
+  }
+  assert.equal(r.body.readUInt32LE(20), 65536, 'max_write');
+  assert.equal(r.body.readUInt16LE(28), 128, 'max_pages');
+  assert.equal(r.body.readUInt16LE(30), 12, 'map_alignment');
+  assert.equal(server.negotiated?.minor, 41);
+
+  // Flags the kernel does not offer are never replied; without INIT_EXT there is no flags2.
+  const s2 = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { mapAlignment: 12, inodeDax: true });
+  const r2 = parseReply(await s2.handle(request({ opcode: Opcode.INIT }, initIn(31, Number(InitFlag.ASYNC_READ | InitFlag.MAP_ALIGNMENT), 0xffffffff))));
+  assert.equal(r2.body.readUInt32LE(4), 31);
+  assert.equal(r2.body.readUInt32LE(12), Number(InitFlag.ASYNC_READ | InitFlag.MAP_ALIGNMENT));
+  assert.equal(r2.body.readUInt32LE(32), 0, 'no flags2 without INIT_EXT');
+
+  // Old minor: compat reply size. Major too new: our major in an 8-byte reply. Too old: EPROTO.
+  const s3 = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }));
+  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(7, 22, 65536, 1)))).body.length, 24);
+  const big = parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(8, 0, 0, 0))));
+  assert.equal(big.error, 0);
+  assert.equal(big.body.length, 8);
+  assert.equal(big.body.readUInt32LE(0), 7);
+  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(6, 9)))).error, -Errno.EPROTO);
+  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(7, 8)))).error, -Errno.EPROTO);
+});
+
+test('LOOKUP, GETATTR, READLINK, OPEN/READ/FLUSH/RELEASE, STATFS', async () => {
+  const { call, lookup, fs, reader } = await setup();
+  const root = parseAttr((await call(Opcode.GETATTR, 1, u32s(0, 0), u64s(0))).body, 16);
+  assert.equal(root.ino, 1);
+  assert.equal(root.mode, 0o040755);
+
+  const e = await lookup(1, 'hello.txt');
+  assert.notEqual(e.nodeid, 0);
+  assert.equal(e.entryValid, 5);
+  assert.equal(e.attrValid, 7);
+  assert.equal(e.attr.ino, e.nodeid);
+  assert.equal(e.attr.size, 13);
+  assert.equal(e.attr.mode, 0o100644);
+  assert.equal(e.attr.uid, 1000);
+  assert.equal(e.attr.mtimensec, 123456789);
+  assert.equal(e.attr.blksize, 4096);
+  // Stable numbering: nid + offset.
+  const nid = reader.lookup(reader.rootNid, 'hello.txt')!;
+  assert.equal(e.nodeid, 2 + nid);
+
+  const ga = await call(Opcode.GETATTR, e.nodeid, u32s(0, 0), u64s(0));
+  assert.equal(ga.body.length, 104);
+  assert.equal(ga.body.readBigUInt64LE(0), 7n);
+  assert.deepEqual(parseAttr(ga.body, 16), e.attr);
+
+  const dev = await lookup(1, 'dev');
+  assert.equal(dev.attr.rdev, (4 << 8) | 64);
+
+  const neg = await call(Opcode.LOOKUP, 1, cstr('missing'));
+  assert.equal(neg.error, 0, 'negative entry');
+  assert.equal(parseEntry(neg.body).nodeid, 0);
+  assert.equal(parseEntry(neg.body).entryValid, 5);
+  assert.equal((await call(Opcode.LOOKUP, e.nodeid, cstr('x'))).error, -Errno.ENOTDIR);
+  assert.equal((await call(Opcode.LOOKUP, 1, cstr('x'.repeat(256)))).error, -Errno.ENAMETOOLONG);
+
+  const l = await lookup(1, 'link');
+  assert.equal(l.attr.mode & 0o170000, 0o120000);
+  assert.equal((await call(Opcode.READLINK, l.nodeid)).body.toString(), 'hello.txt');
+  assert.equal((await call(Opcode.READLINK, e.nodeid)).error, -Errno.EINVAL);
+
+  const o = await call(Opcode.OPEN, e.nodeid, u32s(0, 0));
+  assert.equal(o.error, 0);
+  assert.equal(o.body.length, 16);
+  const fh = Number(o.body.readBigUInt64LE(0));
+  assert.equal(o.body.readUInt32LE(8) & FOPEN_KEEP_CACHE, FOPEN_KEEP_CACHE);
+  assert.equal((await call(Opcode.READ, e.nodeid, readIn(fh, 7, 100))).body.toString(), 'world\n');
+  assert.equal((await call(Opcode.READ, e.nodeid, readIn(fh, 0, 5))).body.toString(), 'hello');
+  assert.equal((await call(Opcode.READ, e.nodeid, readIn(fh, 1000, 5))).body.length, 0, 'read past EOF is empty');
+  assert.equal((await call(Opcode.READ, e.nodeid, readIn(fh, -1n, 5))).error, -Errno.EINVAL);
+  assert.equal((await call(Opcode.FLUSH, e.nodeid, u64s(fh), u32s(0, 0), u64s(0))).error, 0);
+  assert.equal(fs.stats().handles, 1);
+  assert.equal((await call(Opcode.RELEASE, e.nodeid, u64s(fh), u32s(0, 0), u64s(0))).error, 0);
+  assert.equal(fs.stats().handles, 0);
+
+  // A huge read request is clamped to max_pages worth of data.
+  const deep = await lookup((await lookup(1, 'sub')).nodeid, 'deep');
+  const big = await call(Opcode.READ, deep.nodeid, readIn(0, 0, 0xffffffff));
+  assert.equal(big.body.length, 256 * 4096 > (1 << 20) ? 1 << 20 : 256 * 4096);
+
+  const direct = await call(Opcode.OPEN, e.nodeid, u32s(0o40000, 0));
+  assert.equal(direct.body.readUInt32LE(8) & FOPEN_DIRECT_IO, FOPEN_DIRECT_IO);
+  for (const flags of [1, 2, 0o1000]) assert.equal((await call(Opcode.OPEN, e.nodeid, u32s(flags, 0))).error, -Errno.EROFS, `open flags ${flags}`);
+  assert.equal((await call(Opcode.OPEN, 1, u32s(0, 0))).error, -Errno.EISDIR);
+
+  const st = await call(Opcode.STATFS, 1);
+  assert.equal(st.body.length, 80);
+  assert.equal(Number(st.body.readBigUInt64LE(0)), 1024);
+  assert.equal(st.body.readUInt32LE(40), 4096);
+  assert.equal(st.body.readUInt32LE(44), 255);
+
+  // Unknown nodeid → ESTALE (never a crash).
+  assert.equal((await call(Opcode.GETATTR, 999999, u32s(0, 0), u64s(0))).error, -Errno.ESTALE);
+});
+
+test('GETXATTR size probe / ERANGE / ENODATA and LISTXATTR', async () => {
+  const { call, lookup } = await setup();
+  const e = await lookup(1, 'hello.txt');
+  const probe = await call(Opcode.GETXATTR, e.nodeid, u32s(0, 0), cstr('user.color'));
+  assert.equal(probe.error, 0);
+  assert.equal(probe.body.length, 8);
+  assert.equal(probe.body.readUInt32LE(0), 4);
+  assert.equal((await call(Opcode.GETXATTR, e.nodeid, u32s(4, 0), cstr('user.color'))).body.toString(), 'blue');
+  assert.equal((await call(Opcode.GETXATTR, e.nodeid, u32s(3, 0), cstr('user.color'))).error, -Errno.ERANGE);
+  assert.equal((await call(Opcode.GETXATTR, e.nodeid, u32s(64, 0), cstr('user.none'))).error, -Errno.ENODATA);
+  const lp = await call(Opcode.LISTXATTR, e.nodeid, u32s(0, 0));
+  assert.equal(lp.body.readUInt32LE(0), 'user.color\0trusted.x\0'.length);
+  const l = await call(Opcode.LISTXATTR, e.nodeid, u32s(100, 0));
+  assert.deepEqual(l.body.toString().split('\0').filter(Boolean).sort(), ['trusted.x', 'user.color']);
+  assert.equal((await call(Opcode.LISTXATTR, e.nodeid, u32s(5, 0))).error, -Errno.ERANGE);
+  assert.equal((await call(Opcode.LISTXATTR, 1, u32s(0, 0))).body.readUInt32LE(0), 0);
+});
+
+async function readAll(call: Awaited<ReturnType<typeof setup>>['call'], nodeid: number, plus: boolean, size: number) {
+  const o = await call(Opcode.OPENDIR, nodeid, u32s(0, 0));
+  assert.equal(o.error, 0);
+  const fh = Number(o.body.readBigUInt64LE(0));
+  const all: ReturnType<typeof parseDirents> = [];
+  let off = 0;
+  let rounds = 0;
+  for (;;) {
+    const r = await call(plus ? Opcode.READDIRPLUS : Opcode.READDIR, nodeid, readIn(fh, off, size));
+    assert.equal(r.error, 0);
+    assert.ok(r.body.length <= size, 'reply fits the requested size');
+    const ents = parseDirents(r.body, plus);
+    if (ents.length === 0) break;
+    all.push(...ents);
+    off = ents[ents.length - 1]!.off;
+    rounds++;
+  }
+  assert.equal((await call(Opcode.RELEASEDIR, nodeid, u64s(fh), u32s(0, 0), u64s(0))).error, 0);
+  return { all, rounds };
+}
+
+test('READDIR continues from the cookies across small buffers; telldir-style restarts', async () => {
+  const { call, lookup, fs } = await setup();
+  const big = await lookup(1, 'big');
+  const { all, rounds } = await readAll(call, big.nodeid, false, 200);
+  assert.ok(rounds > 50, `many small rounds (${rounds})`);
+  assert.equal(all.length, 302);
+  assert.deepEqual(all.slice(0, 2).map((d) => d.name), ['.', '..']);
+  assert.equal(all[0]!.ino, big.nodeid);
+  assert.equal(all[1]!.ino, 1, '.. of a top-level dir is the root');
+  assert.equal(all[0]!.type, DT_DIR);
+  assert.equal(all[2]!.type, DT_REG);
+  assert.equal(new Set(all.map((d) => d.name)).size, 302, 'no duplicates');
+  // Restart from an arbitrary cookie: continues right after that entry.
+  const mid = all[150]!;
+  const r = await call(Opcode.READDIR, big.nodeid, readIn(0, mid.off, 4096));
+  assert.equal(parseDirents(r.body, false)[0]!.name, all[151]!.name);
+  // A buffer too small for even one entry yields an empty reply, not an error.
+  assert.equal((await call(Opcode.READDIR, big.nodeid, readIn(0, 0, 10))).body.length, 0);
+  assert.equal(fs.stats().handles, 0);
+  assert.equal((await call(Opcode.OPENDIR, (await lookup(1, 'hello.txt')).nodeid, u32s(0, 0))).error, -Errno.ENOTDIR);
+  const root = await readAll(call, 1, false, 4096);
+  const link = root.all.find((d) => d.name === 'link')!;
+  assert.equal(link.type, DT_LNK);
+});
+
+test('nlookup: LOOKUP and READDIRPLUS take references, FORGET/BATCH_FORGET drop them (no leak)', async () => {
+  const { call, lookup, fs, server } = await setup();
+  const base = fs.stats().nodes;
+  const a = await lookup(1, 'hello.txt');
+  await lookup(1, 'hello.txt');
+  const sub = await lookup(1, 'sub');
+  const deep = await lookup(sub.nodeid, 'deep');
+  assert.equal(fs.stats().nodes, base + 3);
+
+  // READDIRPLUS of big/ in small buffers: every returned entry except . and .. takes one ref.
+  const big = await lookup(1, 'big');
+  const { all } = await readAll(call, big.nodeid, true, 1000);
+  assert.equal(all.length, 302);
+  assert.equal(all[0]!.entry!.nodeid, 0, '. carries no entry');
+  assert.equal(all[1]!.entry!.nodeid, 0, '.. carries no entry');
+  assert.equal(all[5]!.entry!.nodeid, all[5]!.ino);
+  assert.equal(all[5]!.entry!.attr.size, 2);
+  assert.equal(fs.stats().nodes, base + 4 + 300);
+
+  // The kernel forgets everything it was given: the table returns to its initial size.
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: a.nodeid }, u64s(2))), null);
+  const items = all.slice(2).map((d) => u64s(d.entry!.nodeid, 1));
+  items.push(u64s(deep.nodeid, 1), u64s(sub.nodeid, 1));
+  assert.equal(await server.handle(request({ opcode: Opcode.BATCH_FORGET }, u32s(items.length, 0), ...items)), null);
+  assert.equal(fs.stats().nodes, base + 1);
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
+  assert.equal(fs.stats().nodes, base);
+  // Forgetting the root or unknown ids is harmless; the root stays usable.
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: 1 }, u64s(100))), null);
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: 123456 }, u64s(1))), null);
+  assert.equal((await call(Opcode.GETATTR, 1, u32s(0, 0), u64s(0))).error, 0);
+  assert.equal(fs.stats().nodes, base);
+  // Stable numbers: a re-lookup after FORGET yields the same nodeid.
+  assert.equal((await lookup(1, 'hello.txt')).nodeid, a.nodeid);
+  // Truncated BATCH_FORGET: processes what fits, never throws, no reply.
+  assert.equal(await server.handle(request({ opcode: Opcode.BATCH_FORGET }, u32s(1000, 0), u64s(a.nodeid, 1))), null);
+  assert.equal(fs.stats().nodes, base);
+});
+
+test('LSEEK SEEK_DATA/SEEK_HOLE/SEEK_END, ACCESS, STATX, INTERRUPT, DESTROY', async () => {
+  const { call, lookup, server } = await setup();
+  const sp = await lookup(1, 'sparse');
+  const seek = async (off: number, whence: number) => {
+    const r = await call(Opcode.LSEEK, sp.nodeid, u64s(0, off), u32s(whence, 0));
+    return r.error !== 0 ? r.error : Number(r.body.readBigUInt64LE(0));
+  };
+  assert.equal(await seek(0, 3), 65536, 'SEEK_DATA skips the leading hole');
+  assert.equal(await seek(70000, 3), 70000);
+  assert.equal(await seek(70000, 4), 131072, 'SEEK_HOLE finds the next hole');
+  assert.equal(await seek(140000, 3), -Errno.ENXIO, 'no data after the last hole');
+  assert.equal(await seek(3 * 65536, 4), -Errno.ENXIO, 'at EOF');
+  assert.equal(await seek(10, 2), 3 * 65536 + 10, 'SEEK_END');
+  assert.equal(await seek(0, 1), -Errno.EINVAL);
+  assert.equal(await seek(0, 9), -Errno.EINVAL);
+
+  const secret = await lookup(1, 'secret');
+  assert.equal((await call(Opcode.ACCESS, secret.nodeid, u32s(4, 0))).error, 0, 'owner may read');
+  assert.equal((await call(Opcode.ACCESS, secret.nodeid, u32s(2, 0))).error, -Errno.EROFS);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 5, gid: 5 }, u32s(4, 0)))).error, -Errno.EACCES);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 0, gid: 0 }, u32s(4, 0)))).error, 0);
+
+  const sx = await call(Opcode.STATX, secret.nodeid, u32s(0, 0), u64s(0), u32s(0, 0x7ff));
+  assert.equal(sx.error, 0);
+  assert.equal(sx.body.length, 32 + 256);
+  assert.equal(sx.body.readUInt32LE(32) & 0x7ff, 0x7ff, 'basic stats in the mask');
+  assert.equal(sx.body.readUInt16LE(32 + 28), 0o100600);
+  assert.equal(Number(sx.body.readBigUInt64LE(32 + 40)), 1, 'size');
+  assert.equal(Number(sx.body.readBigUInt64LE(32 + 32)), secret.nodeid, 'ino');
+  const dev = await lookup(1, 'dev');
+  const sxd = await call(Opcode.STATX, dev.nodeid, u32s(0, 0), u64s(0), u32s(0, 0x7ff));
+  assert.deepEqual([sxd.body.readUInt32LE(32 + 128), sxd.body.readUInt32LE(32 + 132)], [4, 64]);
+  // STATX only exists from 7.39 on.
+  const old = await setup({ minor: 38 });
+  assert.equal((await old.call(Opcode.STATX, 1, u32s(0, 0), u64s(0), u32s(0, 0x7ff))).error, -Errno.ENOSYS);
+
+  assert.equal(await server.handle(request({ opcode: Opcode.INTERRUPT }, u64s(12345))), null);
+  const d = await call(Opcode.DESTROY, 0);
+  assert.equal(d.error, 0);
+  assert.equal(d.body.length, 0);
+  assert.equal(server.negotiated, undefined);
+  assert.equal((await call(Opcode.GETATTR, 1, u32s(0, 0), u64s(0))).error, -Errno.EIO, 'after DESTROY until the next INIT');
+});
+
+test('write-type opcodes answer EROFS, unknown ones ENOSYS', async () => {
+  const { call, lookup } = await setup();
+  const e = await lookup(1, 'hello.txt');
+  for (const op of WRITE_OPCODES) {
+    const r = await call(op, e.nodeid, Buffer.alloc(64), cstr('name'), cstr('other'));
+    assert.equal(r.error, -Errno.EROFS, `opcode ${op}`);
+    assert.equal(r.body.length, 0);
+  }
+  for (const op of [Opcode.FSYNC, Opcode.FSYNCDIR, Opcode.GETLK, Opcode.SETLK, Opcode.BMAP, Opcode.IOCTL, Opcode.POLL, Opcode.SYNCFS, Opcode.SETUPMAPPING, Opcode.REMOVEMAPPING, 7, 19, 54, 999, 4096, 0x7fffffff]) {
+    assert.equal((await call(op, e.nodeid, Buffer.alloc(64))).error, -Errno.ENOSYS, `opcode ${op}`);
+  }
+});
+
+test('malformed requests get errno replies, never a throw', async () => {
+  const { server, lookup } = await setup();
+  const e = await lookup(1, 'hello.txt');
+  assert.equal(await server.handle(Buffer.alloc(0)), null);
+  assert.equal(await server.handle(Buffer.alloc(15)), null);
+  // Header only partly there: EINVAL with the unique we can see.
+  const partial = request({ opcode: Opcode.GETATTR, unique: 99n }).subarray(0, 30);
+  const pr = parseReply(await server.handle(partial));
+  assert.equal(pr.error, -Errno.EINVAL);
+  assert.equal(pr.unique, 99n);
+  // len field larger than the buffer, or smaller than a header.
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1, len: 4000 }))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1, len: 20 }))).error, -Errno.EINVAL);
+  // total_extlen beyond the request.
+  const ext = request({ opcode: Opcode.GETATTR, nodeid: 1 });
+  ext.writeUInt16LE(100, 36);
+  assert.equal(parseReply(await server.handle(ext)).error, -Errno.EINVAL);
+  // Unterminated name; truncated arguments.
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, Buffer.from('abc')))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: e.nodeid }, u64s(0, 0)))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETXATTR, nodeid: e.nodeid }, u32s(10)))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.OPEN, nodeid: e.nodeid }))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.LSEEK, nodeid: e.nodeid }, u64s(0)))).error, -Errno.EINVAL);
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: e.nodeid })), null);
+  // Trailing garbage after the declared len is ignored.
+  const padded = Buffer.concat([request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('hello.txt')), Buffer.alloc(100, 0xff)]);
+  assert.equal(parseReply(await server.handle(padded)).error, 0);
+
+  // Random requests from a fixed seed: always a well-formed reply or null.
+  let seed = 12345;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  for (let i = 0; i < 3000; i++) {
+    const body = Buffer.alloc(Math.floor(rnd() * 120));
+    for (let j = 0; j < body.length; j++) body[j] = Math.floor(rnd() * 256);
+    const op = rnd() < 0.8 ? 1 + Math.floor(rnd() * 53) : Math.floor(rnd() * 2 ** 32);
+    const nodeid = [1, e.nodeid, 0, Math.floor(rnd() * 2 ** 40), 2 ** 52 + 3][Math.floor(rnd() * 5)]!;
+    const req = request({ opcode: op === Opcode.INIT || op === Opcode.DESTROY ? Opcode.GETATTR : op, nodeid }, body);
+    if (rnd() < 0.2) req.writeUInt32LE(Math.floor(rnd() * 300), 0);
+    const out = await server.handle(req);
+    if (out !== null) {
+      const r = parseReply(out);
+      assert.ok(r.error <= 0 && r.error > -200, `sane errno ${r.error}`);
+    }
+  }
+  // Still serving.
+  assert.equal((await lookup(1, 'hello.txt')).nodeid, e.nodeid);
+});
+
+test('several images: synthetic root with one directory per image', async () => {
+  const { call, lookup, fs } = await setup({ multi: true });
+  const root = await readAll(call, 1, false, 4096);
+  assert.deepEqual(root.all.map((d) => d.name), ['.', '..', 'one', 'two']);
+  const one = await lookup(1, 'one');
+  const two = await lookup(1, 'two');
+  assert.notEqual(one.nodeid, two.nodeid);
+  assert.equal(one.attr.mode & 0o170000, 0o040000);
+  const h1 = await lookup(one.nodeid, 'hello.txt');
+  const h2 = await lookup(two.nodeid, 'hello.txt');
+  assert.notEqual(h1.nodeid, h2.nodeid, 'same nid in two images: distinct inodes');
+  const dots = await readAll(call, one.nodeid, false, 4096);
+  assert.equal(dots.all[1]!.ino, 1, "an image root's .. is the synthetic root");
+  const plus = await readAll(call, 1, true, 4096);
+  assert.equal(plus.all[2]!.entry!.nodeid, one.nodeid);
+  assert.equal((await call(Opcode.LOOKUP, 1, cstr('three'))).body.readBigUInt64LE(0), 0n);
+  const rootAttr = parseAttr((await call(Opcode.GETATTR, 1, u32s(0, 0), u64s(0))).body, 16);
+  assert.equal(rootAttr.mode, 0o040555);
+  assert.equal(rootAttr.nlink, 4);
+  assert.equal((await call(Opcode.GETXATTR, 1, u32s(0, 0), cstr('user.x'))).error, -Errno.ENODATA);
+  assert.ok(fs.stats().nodes > 1);
+  assert.throws(() => new ImageTree({ images: [{ name: 'a', reader: new FakeReader(tree()) }, { name: 'a', reader: new FakeReader(tree()) }] }), /duplicate/);
+  assert.throws(() => new ImageTree({ images: [{ name: 'a/b', reader: new FakeReader(tree()) }, { name: 'c', reader: new FakeReader(tree()) }] }), /invalid/);
+});
