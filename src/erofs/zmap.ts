@@ -10,9 +10,7 @@
 // pcluster sizes are capped, lookback/lookahead loops are bounded by the lcluster count.
 
 import { ErofsError } from './api.js';
-// Decompression comes from ./decompress/index.js (decompress(alg, src, outLen, opts)); wired in
-// once that module lands.
-export type CompressionAlgorithm = 'lz4' | 'lzma' | 'deflate' | 'zstd';
+import { decompress, type CompressionAlgorithm } from './decompress/index.js';
 
 /** Superblock feature bits this module cares about. */
 export const INCOMPAT_LZ4_0PADDING = 0x1;
@@ -67,7 +65,16 @@ export interface ZImageContext {
   readPacked(offset: number, len: number): Buffer;
   /** Shared decompressed-pcluster cache (create one per image with OpenOptions.cacheBytes). */
   cache: PclusterCache;
+  /** Test hook: replaces ./decompress/index.js `decompress`. */
+  decompress?: DecompressFn;
 }
+
+export type DecompressFn = (
+  alg: CompressionAlgorithm,
+  src: Buffer,
+  outLen: number,
+  opts?: { partial?: boolean; dictSize?: number },
+) => Buffer;
 
 /** Per-inode facts, built by the reader core for each compressed inode. */
 export interface CompressedFileContext {
@@ -163,31 +170,796 @@ export class PclusterCache {
   }
 }
 
+
+// ---- on-disk constants (erofs_fs.h) ----
+const ADVISE_COMPACTED_2B = 0x0001;
+const ADVISE_EXTENTS = 0x0001;
+const ADVISE_BIG_PCLUSTER_1 = 0x0002;
+const ADVISE_BIG_PCLUSTER_2 = 0x0004;
+const ADVISE_INLINE_PCLUSTER = 0x0008;
+const ADVISE_INTERLACED_PCLUSTER = 0x0010;
+const ADVISE_FRAGMENT_PCLUSTER = 0x0020;
+
+const TYPE_PLAIN = 0;
+const TYPE_HEAD1 = 1;
+const TYPE_NONHEAD = 2;
+const TYPE_HEAD2 = 3;
+
+const LI_PARTIAL_REF = 1 << 15;
+const LI_D0_CBLKCNT = 1 << 11;
+
+const EXTENT_PLEN_PARTIAL = 1 << 27;
+const EXTENT_PLEN_FMT_BIT = 28;
+const EXTENT_PLEN_MASK = (PCLUSTER_MAX_SIZE << 1) - 1;
+
+/** Internal formats beyond the on-disk algorithm ids 0..3. */
+const FMT_SHIFTED = 4;
+const FMT_INTERLACED = 5;
+
+const SRC_DATA = 0;
+const SRC_META = 1;
+const SRC_FRAGMENT = 2;
+const SRC_HOLE = 3;
+
+const TWO32 = 0x1_0000_0000;
+const PAGE = 4096;
+const META_WINDOW = 4096;
+
+const ALG_NAMES: readonly CompressionAlgorithm[] = ['lz4', 'lzma', 'deflate', 'zstd'];
+
+/** One decoded-extent mapping: [la, la+llen) of the file comes from (src, pa, plen, fmt). */
+interface Ext {
+  la: number;
+  llen: number;
+  src: number;
+  /** data/meta byte address, or packed-inode offset of byte `la` for fragments. */
+  pa: number;
+  plen: number;
+  fmt: number;
+  partial: boolean;
+}
+
+/** Kernel-style map recorder for lcluster index walks. */
+interface Rec {
+  lcn: number;
+  type: number;
+  clusterofs: number;
+  delta0: number;
+  delta1: number;
+  pblk: number;
+  compressedblks: number;
+  partialref: boolean;
+  nextpackoff: number;
+}
+
+interface HeadInfo {
+  headLcn: number;
+  headtype: number;
+  la: number;
+  pblk: number;
+  partialref: boolean;
+  compressedblks: number;
+  /** nextpackoff of the lcluster holding the looked-up offset (ztailpacking inline data). */
+  nextpackoff: number;
+}
+
+function eio(nid: number, what: string): ErofsError {
+  return new ErofsError('EIO', `compressed inode ${nid}: ${what}`);
+}
+
 /** A compressed regular file (or the packed inode). */
 export class CompressedFile {
   readonly size: number;
+  private readonly img: ZImageContext;
+  private readonly nid: number;
+  private readonly bs: number;
+  private inited = false;
+
+  // map header facts
+  private advise = 0;
+  private lcb = 0;
+  private lcsize = 0;
+  private algs: [number, number] = [0, 0];
+  private extentsMode = false;
+  private recsz = 0;
+  private nExtents = 0;
+  private extPos = 0;
+  private allFragment = false;
+  private fragment = false;
+  private fragmentOff = 0;
+  private idataSize = 0;
+  private idataOff = 0;
+  private tailHeadLcn = 0;
+  private totalIdx = 0;
+
+  // index area window cache
+  private metaEnd = 0;
+  private win0: { start: number; buf: Buffer } | undefined;
+  private win1: { start: number; buf: Buffer } | undefined;
+
+  // recsz == 4 extent layout: running prefix sums of physical starts
+  private paPrefix: number[] = [];
+
+  private lastExt: Ext | undefined;
 
   constructor(readonly ctx: CompressedFileContext) {
     this.size = ctx.size;
+    this.img = ctx.image;
+    this.nid = ctx.nid;
+    if (!Number.isSafeInteger(ctx.size) || ctx.size < 0) throw eio(ctx.nid, `bad size ${ctx.size}`);
+    if (ctx.datalayout !== DATALAYOUT_COMPRESSED_FULL && ctx.datalayout !== DATALAYOUT_COMPRESSED_COMPACT) {
+      throw eio(ctx.nid, `datalayout ${ctx.datalayout} is not compressed`);
+    }
+    const bb = this.img.blkszbits;
+    if (!Number.isInteger(bb) || bb < 9 || bb > 16) throw eio(ctx.nid, `bad blkszbits ${bb}`);
+    this.bs = 1 << bb;
   }
 
   /** Exactly min(length, size - offset) bytes (empty at/after EOF). Throws ErofsError('EIO') on corruption. */
   read(offset: number, length: number): Buffer {
-    void offset;
-    void length;
-    throw new ErofsError('EOPNOTSUPP', 'compressed read not implemented yet');
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
+      throw new ErofsError('EINVAL', `bad read range ${offset}+${length}`);
+    }
+    if (offset >= this.size || length === 0) return Buffer.alloc(0);
+    const end = Math.min(this.size, offset + length);
+    this.init();
+    // Fast path: the whole range inside one extent.
+    let e = this.extentFor(offset);
+    if (end <= e.la + e.llen) {
+      return this.extentBytes(e, offset, end - offset, true);
+    }
+    const out = Buffer.allocUnsafe(end - offset);
+    let cur = offset;
+    for (;;) {
+      const n = Math.min(end, e.la + e.llen) - cur;
+      const part = this.extentBytes(e, cur, n, false);
+      part.copy(out, cur - offset);
+      cur += n;
+      if (cur >= end) break;
+      e = this.extentFor(cur);
+    }
+    return out;
   }
 
   /** The extent containing `offset` (offset < size), for SEEK_DATA/SEEK_HOLE and inspection. */
   mapExtent(offset: number): ZExtent {
-    void offset;
-    throw new ErofsError('EOPNOTSUPP', 'compressed mapping not implemented yet');
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) {
+      throw new ErofsError('EINVAL', `offset ${offset} outside file of ${this.size} bytes`);
+    }
+    this.init();
+    const e = this.extentFor(offset);
+    let kind: ZExtent['kind'];
+    if (e.src === SRC_HOLE) kind = 'hole';
+    else if (e.src === SRC_FRAGMENT) kind = 'fragment';
+    else if (e.src === SRC_META) kind = 'inline';
+    else kind = e.fmt >= FMT_SHIFTED ? 'plain' : 'compressed';
+    return {
+      logical: e.la,
+      length: e.llen,
+      kind,
+      physical: e.pa,
+      physicalLength: e.src === SRC_FRAGMENT || e.src === SRC_HOLE ? 0 : e.plen,
+      format: e.fmt === FMT_SHIFTED ? -1 : e.fmt === FMT_INTERLACED ? -2 : e.fmt,
+      partialRef: e.partial,
+    };
   }
 
   /** SEEK_DATA / SEEK_HOLE: next data/hole offset at or after `offset`; -1 when none (ENXIO). */
   seek(offset: number, whence: 'data' | 'hole'): number {
-    void offset;
-    void whence;
-    throw new ErofsError('EOPNOTSUPP', 'compressed seek not implemented yet');
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) return -1;
+    this.init();
+    if (!this.extentsMode) return whence === 'data' ? offset : this.size;
+    let cur = offset;
+    while (cur < this.size) {
+      const e = this.extentFor(cur);
+      const hole = e.src === SRC_HOLE;
+      if (whence === 'data' && !hole) return cur;
+      if (whence === 'hole' && hole) return cur;
+      cur = e.la + e.llen;
+    }
+    return whence === 'data' ? -1 : this.size;
   }
+
+  // ---------------------------------------------------------------- init / map header
+
+  private init(): void {
+    if (this.inited) return;
+    const h = this.ctx.readMeta(this.ctx.mapHeaderPos, 8);
+    if (h.length < 8) throw eio(this.nid, 'short map header');
+    const clusterbits = h[7]!;
+    if (clusterbits & 0x80) {
+      // The whole file lives in the packed inode; the other 63 bits are the fragment offset.
+      const lo = h.readUInt32LE(0);
+      const hi = h.readUInt32LE(4) & 0x7fffffff;
+      const off = hi * TWO32 + lo;
+      if (!Number.isSafeInteger(off) || off + this.size > Number.MAX_SAFE_INTEGER) {
+        throw eio(this.nid, 'fragment offset out of range');
+      }
+      this.allFragment = true;
+      this.fragment = true;
+      this.fragmentOff = off;
+      this.tailHeadLcn = 0;
+      this.inited = true;
+      return;
+    }
+    this.advise = h.readUInt16LE(4);
+    this.lcb = this.img.blkszbits + (clusterbits & 15);
+    this.lcsize = 2 ** this.lcb;
+    const full = this.ctx.datalayout === DATALAYOUT_COMPRESSED_FULL;
+    if (full && this.advise & ADVISE_EXTENTS) {
+      this.extentsMode = true;
+      this.recsz = 4 << ((this.advise >> 1) & 3);
+      this.extPos = roundUp(this.ctx.mapHeaderPos + 8, this.recsz);
+      this.fragment = (this.advise & ADVISE_FRAGMENT_PCLUSTER) !== 0;
+      if (this.recsz <= 8) {
+        this.nExtents = Math.ceil(this.size / this.lcsize);
+        this.metaEnd = this.extPos + (this.recsz === 4 ? 8 : 0) + this.recsz * this.nExtents;
+      } else {
+        this.nExtents = h.readUInt32LE(0) + h.readUInt16LE(6) * TWO32;
+        this.metaEnd = this.extPos + this.recsz * this.nExtents;
+      }
+      if (!Number.isSafeInteger(this.metaEnd)) throw eio(this.nid, 'extent table out of range');
+      this.inited = true;
+      return;
+    }
+    this.algs = [h[6]! & 15, h[6]! >> 4];
+    if (this.advise & ADVISE_FRAGMENT_PCLUSTER) {
+      this.fragment = true;
+      this.fragmentOff = h.readUInt32LE(0);
+    } else if (this.advise & ADVISE_INLINE_PCLUSTER) {
+      this.idataSize = h.readUInt16LE(2);
+    }
+    if (this.ctx.datalayout === DATALAYOUT_COMPRESSED_COMPACT) {
+      const b1 = (this.advise & ADVISE_BIG_PCLUSTER_1) !== 0;
+      const b2 = (this.advise & ADVISE_BIG_PCLUSTER_2) !== 0;
+      if (b1 !== b2) throw eio(this.nid, 'big pcluster head1/2 of compact indexes inconsistent');
+      if (this.lcb > 14) throw eio(this.nid, `compact indexes with lclusterbits ${this.lcb}`);
+      this.totalIdx = Math.ceil(this.size / this.bs);
+      this.metaEnd = this.totalIdx > 0 ? this.compactPackEnd(this.totalIdx - 1) : this.ctx.mapHeaderPos + 8;
+    } else {
+      if (this.lcb > 30) throw eio(this.nid, `lclusterbits ${this.lcb} too large`);
+      this.totalIdx = Math.ceil(this.size / this.lcsize);
+      this.metaEnd = this.ctx.mapHeaderPos + 16 + 8 * this.totalIdx;
+    }
+    if (this.size > 0 && (this.idataSize > 0 || this.fragment)) {
+      // EROFS_GET_BLOCKS_FINDTAIL: locate the tail extent's head lcluster.
+      const t = this.locateHead(this.size - 1);
+      this.tailHeadLcn = t.headLcn;
+      if (this.idataSize > 0) this.idataOff = t.nextpackoff;
+      if (this.fragment && full) {
+        this.fragmentOff += t.pblk * TWO32;
+        if (!Number.isSafeInteger(this.fragmentOff + this.size)) throw eio(this.nid, 'fragment offset out of range');
+      }
+    }
+    this.inited = true;
+  }
+
+  // ---------------------------------------------------------------- index area access
+
+  /** Returns [buffer, offset] such that buffer[offset .. offset+len) are meta bytes at pos. */
+  private meta(pos: number, len: number): [Buffer, number] {
+    if (pos < 0 || pos + len > this.metaEnd) throw eio(this.nid, `index access ${pos}+${len} beyond index area`);
+    const w0 = this.win0;
+    if (w0 && pos >= w0.start && pos + len <= w0.start + w0.buf.length) return [w0.buf, pos - w0.start];
+    const w1 = this.win1;
+    if (w1 && pos >= w1.start && pos + len <= w1.start + w1.buf.length) {
+      this.win1 = w0;
+      this.win0 = w1;
+      return [w1.buf, pos - w1.start];
+    }
+    const ws = pos - (pos % META_WINDOW);
+    const we = Math.min(ws + META_WINDOW, this.metaEnd);
+    let w: { start: number; buf: Buffer };
+    if (pos + len <= we) {
+      const buf = this.ctx.readMeta(ws, we - ws);
+      if (buf.length !== we - ws) throw eio(this.nid, 'short metadata read');
+      w = { start: ws, buf };
+    } else {
+      const buf = this.ctx.readMeta(pos, len);
+      if (buf.length !== len) throw eio(this.nid, 'short metadata read');
+      w = { start: pos, buf };
+    }
+    this.win1 = this.win0;
+    this.win0 = w;
+    return [w.buf, pos - w.start];
+  }
+
+  private newRec(): Rec {
+    return {
+      lcn: 0,
+      type: 0,
+      clusterofs: 0,
+      delta0: 0,
+      delta1: 0,
+      pblk: 0,
+      compressedblks: 0,
+      partialref: false,
+      nextpackoff: 0,
+    };
+  }
+
+  private loadLcluster(m: Rec, lcn: number, lookahead: boolean): void {
+    if (this.ctx.datalayout === DATALAYOUT_COMPRESSED_COMPACT) this.loadCompact(m, lcn, lookahead);
+    else this.loadFull(m, lcn);
+    if (m.type !== TYPE_NONHEAD && m.clusterofs >= this.lcsize) {
+      throw eio(this.nid, `clusterofs ${m.clusterofs} beyond lcluster @ lcn ${lcn}`);
+    }
+  }
+
+  private loadFull(m: Rec, lcn: number): void {
+    if (lcn < 0 || lcn >= this.totalIdx) throw eio(this.nid, `lcn ${lcn} out of range`);
+    const pos = this.ctx.mapHeaderPos + 16 + lcn * 8;
+    const [b, o] = this.meta(pos, 8);
+    m.lcn = lcn;
+    m.nextpackoff = pos + 8;
+    const advise = b.readUInt16LE(o);
+    m.type = advise & 3;
+    if (m.type === TYPE_NONHEAD) {
+      m.clusterofs = this.lcsize;
+      m.delta0 = b.readUInt16LE(o + 4);
+      if (m.delta0 & LI_D0_CBLKCNT) {
+        if (!(this.advise & (ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2))) {
+          throw eio(this.nid, `CBLKCNT without big pcluster @ lcn ${lcn}`);
+        }
+        m.compressedblks = m.delta0 & ~LI_D0_CBLKCNT;
+        m.delta0 = 1;
+      }
+      m.delta1 = b.readUInt16LE(o + 6);
+    } else {
+      m.partialref = (advise & LI_PARTIAL_REF) !== 0;
+      m.clusterofs = b.readUInt16LE(o + 2);
+      m.pblk = b.readUInt32LE(o + 4);
+    }
+  }
+
+  /** Byte position and amortized shift of compact index `lcn`. */
+  private compactPos(lcn: number): [number, number] {
+    const ebase = this.ctx.mapHeaderPos + 8;
+    const initial = ((32 - (ebase % 32)) / 4) & 7;
+    let c2b = 0;
+    if (this.advise & ADVISE_COMPACTED_2B && initial < this.totalIdx) {
+      c2b = Math.floor((this.totalIdx - initial) / 16) * 16;
+    }
+    let pos = ebase;
+    let shift = 2;
+    let l = lcn;
+    if (l >= initial) {
+      pos += initial * 4;
+      l -= initial;
+      if (l < c2b) shift = 1;
+      else {
+        pos += c2b * 2;
+        l -= c2b;
+      }
+    }
+    return [pos + l * (1 << shift), shift];
+  }
+
+  private compactPackEnd(lcn: number): number {
+    const [pos, shift] = this.compactPos(lcn);
+    const packBytes = (shift === 2 ? 2 : 16) << shift;
+    return pos - (pos % packBytes) + packBytes;
+  }
+
+  private loadCompact(m: Rec, lcn: number, lookahead: boolean): void {
+    if (lcn < 0 || lcn >= this.totalIdx) throw eio(this.nid, `lcn ${lcn} out of range`);
+    const lclusterbits = this.lcb;
+    const [pos, shift] = this.compactPos(lcn);
+    let vcnt: number;
+    if (shift === 2) vcnt = 2;
+    else if (lclusterbits <= 12) vcnt = 16;
+    else throw new ErofsError('EOPNOTSUPP', `compact 2B indexes with lclusterbits ${lclusterbits}`);
+    const packBytes = vcnt << shift;
+    const packStart = pos - (pos % packBytes);
+    const [b, base] = this.meta(packStart, packBytes);
+    m.lcn = lcn;
+    m.nextpackoff = packStart + packBytes;
+    const lobits = Math.max(lclusterbits, 12);
+    const lomask = (1 << lobits) - 1;
+    const encodebits = ((packBytes - 4) * 8) / vcnt;
+    let i = (pos - packStart) >> shift;
+    const decode = (idx: number): [number, number] => {
+      const bit = encodebits * idx;
+      const v = b.readUInt32LE(base + (bit >> 3)) >>> (bit & 7);
+      return [v & lomask, (v >>> lobits) & 3];
+    };
+    let [lo, type] = decode(i);
+    m.type = type;
+    if (type === TYPE_NONHEAD) {
+      m.clusterofs = this.lcsize;
+      if (lookahead) {
+        // distance to the next HEAD lcluster
+        let d1 = 0;
+        let j = i;
+        let lj = 0;
+        let found = false;
+        do {
+          const [l2, t2] = decode(j);
+          lj = l2;
+          if (t2 !== TYPE_NONHEAD) {
+            found = true;
+            break;
+          }
+          ++d1;
+        } while (++j < vcnt);
+        if (!found && !(lj & LI_D0_CBLKCNT)) d1 += lj - 1;
+        m.delta1 = d1;
+      }
+      if (lo & LI_D0_CBLKCNT) {
+        if (!(this.advise & ADVISE_BIG_PCLUSTER_1)) throw eio(this.nid, `CBLKCNT without big pcluster @ lcn ${lcn}`);
+        m.compressedblks = lo & ~LI_D0_CBLKCNT;
+        m.delta0 = 1;
+        return;
+      } else if (i + 1 !== vcnt) {
+        m.delta0 = lo;
+        return;
+      }
+      // The last lcluster of a pack stores delta[1]; derive delta[0] from the previous one.
+      [lo, type] = decode(i - 1);
+      if (type !== TYPE_NONHEAD) lo = 0;
+      else if (lo & LI_D0_CBLKCNT) lo = 1;
+      m.delta0 = lo + 1;
+      return;
+    }
+    m.clusterofs = lo;
+    m.delta0 = 0;
+    let nblk: number;
+    if (!(this.advise & ADVISE_BIG_PCLUSTER_1)) {
+      nblk = 1;
+      while (i > 0) {
+        --i;
+        const [l2, t2] = decode(i);
+        if (t2 === TYPE_NONHEAD) i -= l2;
+        if (i >= 0) ++nblk;
+      }
+    } else {
+      nblk = 0;
+      while (i > 0) {
+        --i;
+        const [l2, t2] = decode(i);
+        if (t2 === TYPE_NONHEAD) {
+          if (l2 & LI_D0_CBLKCNT) {
+            --i;
+            nblk += l2 & ~LI_D0_CBLKCNT;
+            continue;
+          }
+          if (l2 <= 1) throw eio(this.nid, `bogus delta ${l2} in big pcluster pack @ lcn ${lcn}`);
+          i -= l2 - 2;
+          continue;
+        }
+        ++nblk;
+      }
+    }
+    m.pblk = b.readUInt32LE(base + packBytes - 4) + nblk;
+  }
+
+  // ---------------------------------------------------------------- lcluster-index mapping
+
+  /** Finds the head lcluster of the extent containing file offset `ofs` (kernel z_erofs_map_blocks_fo). */
+  private locateHead(ofs: number): HeadInfo {
+    const L = this.lcsize;
+    const initial = Math.floor(ofs / L);
+    const endoff = ofs - initial * L;
+    const m = this.newRec();
+    this.loadLcluster(m, initial, false);
+    const nextpackoff = m.nextpackoff;
+    if (m.type !== TYPE_NONHEAD && endoff >= m.clusterofs) {
+      return {
+        headLcn: initial,
+        headtype: m.type,
+        la: initial * L + m.clusterofs,
+        pblk: m.pblk,
+        partialref: m.partialref,
+        compressedblks: m.compressedblks,
+        nextpackoff,
+      };
+    }
+    let dist: number;
+    if (m.type !== TYPE_NONHEAD) {
+      if (initial === 0) throw eio(this.nid, 'invalid logical cluster 0');
+      dist = 1;
+    } else {
+      dist = m.delta0;
+    }
+    let lcn = initial;
+    while (dist > 0 && lcn >= dist) {
+      lcn -= dist;
+      this.loadLcluster(m, lcn, false);
+      if (m.type === TYPE_NONHEAD) {
+        dist = m.delta0;
+        continue;
+      }
+      return {
+        headLcn: lcn,
+        headtype: m.type,
+        la: lcn * L + m.clusterofs,
+        pblk: m.pblk,
+        partialref: m.partialref,
+        compressedblks: m.compressedblks,
+        nextpackoff,
+      };
+    }
+    throw eio(this.nid, `bogus lookback distance ${dist} @ lcn ${lcn}`);
+  }
+
+  /** Encoded pcluster length in bytes for a head (kernel z_erofs_get_extent_compressedlen). */
+  private compressedLen(h: HeadInfo): number {
+    const big1 = (this.advise & ADVISE_BIG_PCLUSTER_1) !== 0;
+    const big2 = (this.advise & ADVISE_BIG_PCLUSTER_2) !== 0;
+    const lcn = h.headLcn + 1;
+    let cblks = h.compressedblks;
+    if (
+      (h.headtype === TYPE_HEAD1 && !big1) ||
+      ((h.headtype === TYPE_PLAIN || h.headtype === TYPE_HEAD2) && !big2) ||
+      lcn * this.lcsize >= this.size
+    ) {
+      cblks = 1;
+    }
+    if (!cblks) {
+      const m = this.newRec();
+      this.loadLcluster(m, lcn, false);
+      if (m.type === TYPE_NONHEAD && m.delta0 !== 1) throw eio(this.nid, `bogus CBLKCNT @ lcn ${lcn}`);
+      cblks = m.type !== TYPE_NONHEAD || !m.compressedblks ? 1 : m.compressedblks;
+    }
+    const plen = cblks * this.bs;
+    if (plen > PCLUSTER_MAX_SIZE) throw eio(this.nid, `pcluster of ${plen} bytes exceeds the maximum`);
+    return plen;
+  }
+
+  /** End (exclusive file offset) of the extent whose head is `h` (kernel ..._decompressedlen). */
+  private extentEnd(h: HeadInfo): number {
+    const L = this.lcsize;
+    const m = this.newRec();
+    let lcn = h.headLcn;
+    for (;;) {
+      if (lcn * L >= this.size) return this.size;
+      if ((lcn - h.headLcn) * L > PCLUSTER_MAX_DSIZE + L) throw eio(this.nid, 'extent too long');
+      this.loadLcluster(m, lcn, true);
+      let d1: number;
+      if (m.type === TYPE_NONHEAD) {
+        d1 = m.delta1 || 1;
+      } else {
+        if (lcn !== h.headLcn) return Math.min(this.size, lcn * L + m.clusterofs);
+        d1 = 1;
+      }
+      lcn += d1;
+    }
+  }
+
+  private mapFo(ofs: number): Ext {
+    if (this.fragment && this.tailHeadLcn === 0) {
+      return { la: 0, llen: this.size, src: SRC_FRAGMENT, pa: this.fragmentOff, plen: 0, fmt: 0, partial: false };
+    }
+    const h = this.locateHead(ofs);
+    const tail = h.headLcn === this.tailHeadLcn;
+    let fmt: number;
+    if (h.headtype === TYPE_PLAIN) {
+      fmt = this.advise & ADVISE_INTERLACED_PCLUSTER ? FMT_INTERLACED : FMT_SHIFTED;
+    } else {
+      fmt = h.headtype === TYPE_HEAD2 ? this.algs[1] : this.algs[0];
+      this.checkAlg(fmt);
+    }
+    if (this.idataSize > 0 && tail) {
+      const pa = this.idataOff;
+      const plen = this.idataSize;
+      if ((pa % this.bs) + plen > this.bs) throw eio(this.nid, `invalid tail-packing pclustersize ${plen}`);
+      return { la: h.la, llen: this.size - h.la, src: SRC_META, pa, plen, fmt, partial: h.partialref };
+    }
+    if (this.fragment && tail) {
+      return { la: h.la, llen: this.size - h.la, src: SRC_FRAGMENT, pa: this.fragmentOff, plen: 0, fmt: 0, partial: false };
+    }
+    const pa = h.pblk * this.bs;
+    const plen = this.compressedLen(h);
+    const end = this.extentEnd(h);
+    return { la: h.la, llen: end - h.la, src: SRC_DATA, pa, plen, fmt, partial: h.partialref };
+  }
+
+  private checkAlg(fmt: number): void {
+    if (fmt >= ALG_NAMES.length) throw new ErofsError('EOPNOTSUPP', `unknown compression algorithm ${fmt} (nid ${this.nid})`);
+    const avail = this.img.availableAlgorithms || 1;
+    if (!(avail & (1 << fmt))) throw eio(this.nid, `algorithm ${fmt} not declared by the superblock`);
+  }
+
+  // ---------------------------------------------------------------- 48-bit extent records
+
+  private prefixPa(k: number): number {
+    // physical start of lcluster record k = pstart + sum(plen_i & MASK, i < k)
+    const base = this.extPos + 8;
+    if (this.paPrefix.length === 0) {
+      const [b, o] = this.meta(this.extPos, 8);
+      const v = b.readUInt32LE(o) + b.readUInt32LE(o + 4) * TWO32;
+      if (!Number.isSafeInteger(v)) throw eio(this.nid, 'extent pstart out of range');
+      this.paPrefix.push(v);
+    }
+    while (this.paPrefix.length <= k) {
+      const i = this.paPrefix.length - 1;
+      const [b, o] = this.meta(base + i * 4, 4);
+      this.paPrefix.push(this.paPrefix[i]! + (b.readUInt32LE(o) & EXTENT_PLEN_MASK));
+    }
+    return this.paPrefix[k]!;
+  }
+
+  private mapExt(ofs: number): Ext {
+    const recsz = this.recsz;
+    let lstart: number;
+    let lend: number;
+    let plenRaw: number;
+    let pa: number;
+    let last: boolean;
+    if (recsz <= 8) {
+      const L = this.lcsize;
+      const k = Math.floor(ofs / L);
+      if (k >= this.nExtents) throw eio(this.nid, `offset ${ofs} beyond extents`);
+      if (recsz === 4) {
+        pa = this.prefixPa(k);
+        const [b, o] = this.meta(this.extPos + 8 + k * 4, 4);
+        plenRaw = b.readUInt32LE(o);
+      } else {
+        const [b, o] = this.meta(this.extPos + k * 8, 8);
+        plenRaw = b.readUInt32LE(o);
+        pa = b.readUInt32LE(o + 4);
+      }
+      lstart = k * L;
+      lend = Math.min((k + 1) * L, this.size);
+      last = k === this.nExtents - 1;
+    } else {
+      const n = this.nExtents;
+      const rec = (i: number): [number, number, number] => {
+        const [b, o] = this.meta(this.extPos + i * recsz, recsz);
+        let la = b.readUInt32LE(o + 12);
+        if (recsz >= 32) la += b.readUInt32LE(o + 16) * TWO32;
+        const p = b.readUInt32LE(o + 4) + b.readUInt32LE(o + 8) * TWO32;
+        return [la, p, b.readUInt32LE(o)];
+      };
+      // last record with lstart <= ofs
+      let l = 0;
+      let r = n;
+      while (l < r) {
+        const mid = l + Math.floor((r - l) / 2);
+        if (rec(mid)[0] > ofs) r = mid;
+        else l = mid + 1;
+      }
+      const idx = l - 1;
+      if (idx + 1 < n) {
+        lend = rec(idx + 1)[0];
+        if (lend > this.size) throw eio(this.nid, 'extent start beyond EOF');
+      } else {
+        lend = this.size;
+      }
+      if (idx < 0) {
+        if (lend <= ofs) throw eio(this.nid, 'unsorted extent records');
+        return { la: ofs, llen: lend - ofs, src: SRC_HOLE, pa: 0, plen: 0, fmt: 0, partial: false };
+      }
+      [lstart, pa, plenRaw] = rec(idx);
+      last = idx === n - 1;
+    }
+    if (!(lstart <= ofs && ofs < lend)) throw eio(this.nid, `extent records do not cover offset ${ofs}`);
+    if (!Number.isSafeInteger(pa)) throw eio(this.nid, 'extent address out of range');
+    if (last && this.fragment) {
+      let off = plenRaw;
+      if (recsz > 4) off += pa * TWO32;
+      if (!Number.isSafeInteger(off + this.size)) throw eio(this.nid, 'fragment offset out of range');
+      return { la: lstart, llen: lend - lstart, src: SRC_FRAGMENT, pa: off, plen: 0, fmt: 0, partial: false };
+    }
+    const plen = plenRaw & EXTENT_PLEN_MASK;
+    if (!plen) return { la: lstart, llen: lend - lstart, src: SRC_HOLE, pa: 0, plen: 0, fmt: 0, partial: false };
+    if (plen > PCLUSTER_MAX_SIZE) throw eio(this.nid, `pcluster of ${plen} bytes exceeds the maximum`);
+    const f = plenRaw >>> EXTENT_PLEN_FMT_BIT;
+    let fmt: number;
+    if (f) {
+      fmt = f - 1;
+      this.checkAlg(fmt);
+    } else if (this.advise & ADVISE_INTERLACED_PCLUSTER && pa % this.bs === 0 && plen % this.bs === 0) {
+      fmt = FMT_INTERLACED;
+    } else {
+      fmt = FMT_SHIFTED;
+    }
+    return {
+      la: lstart,
+      llen: lend - lstart,
+      src: SRC_DATA,
+      pa,
+      plen,
+      fmt,
+      partial: (plenRaw & EXTENT_PLEN_PARTIAL) !== 0,
+    };
+  }
+
+  // ---------------------------------------------------------------- extents and decoding
+
+  private extentFor(ofs: number): Ext {
+    const c = this.lastExt;
+    if (c && ofs >= c.la && ofs < c.la + c.llen) return c;
+    let e: Ext;
+    if (this.allFragment) {
+      e = { la: 0, llen: this.size, src: SRC_FRAGMENT, pa: this.fragmentOff, plen: 0, fmt: 0, partial: false };
+    } else if (this.extentsMode) {
+      e = this.mapExt(ofs);
+    } else {
+      e = this.mapFo(ofs);
+    }
+    if (!(e.llen > 0 && e.la <= ofs && ofs < e.la + e.llen && e.la + e.llen <= this.size)) {
+      throw eio(this.nid, `bad extent [${e.la}, +${e.llen}) for offset ${ofs}`);
+    }
+    if (e.src !== SRC_FRAGMENT && e.src !== SRC_HOLE && e.llen > PCLUSTER_MAX_DSIZE) {
+      throw eio(this.nid, `extent of ${e.llen} bytes exceeds the maximum`);
+    }
+    this.lastExt = e;
+    return e;
+  }
+
+  /** `n` bytes of file offset `cur` from extent `e` (cur..cur+n within it). */
+  private extentBytes(e: Ext, cur: number, n: number, fresh: boolean): Buffer {
+    if (e.src === SRC_HOLE) return Buffer.alloc(n);
+    if (e.src === SRC_FRAGMENT) {
+      const b = this.img.readPacked(e.pa + (cur - e.la), n);
+      if (b.length !== n) throw eio(this.nid, 'short fragment read');
+      return b;
+    }
+    const d = this.decoded(e);
+    const s = d.subarray(cur - e.la, cur - e.la + n);
+    return fresh ? Buffer.from(s) : s;
+  }
+
+  private decoded(e: Ext): Buffer {
+    const key =
+      e.src === SRC_META
+        ? `i${this.nid}:${e.la}:${e.llen}`
+        : `${e.pa}:${e.plen}:${e.llen}:${e.fmt}${e.fmt === FMT_INTERLACED ? ':' + (e.la % this.bs) : ''}`;
+    const cache = this.img.cache;
+    const hit = cache.get(key);
+    if (hit) return hit;
+    const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.img.readData(e.pa, e.plen);
+    if (raw.length !== e.plen) throw eio(this.nid, 'short pcluster read');
+    let out: Buffer;
+    if (e.fmt === FMT_SHIFTED) {
+      if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
+      out = Buffer.from(raw.subarray(0, e.llen));
+    } else if (e.fmt === FMT_INTERLACED) {
+      if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
+      const cur0 = this.bs - (e.la % this.bs);
+      if (cur0 > e.plen) throw eio(this.nid, 'interlaced pcluster too short');
+      out = Buffer.allocUnsafe(e.llen);
+      const first = Math.min(cur0, e.llen);
+      raw.copy(out, 0, e.plen - cur0, e.plen - cur0 + first);
+      if (e.llen > first) raw.copy(out, first, 0, e.llen - first);
+    } else {
+      out = this.inflate(e, raw);
+    }
+    cache.set(key, out);
+    return out;
+  }
+
+  private inflate(e: Ext, raw: Buffer): Buffer {
+    const alg = ALG_NAMES[e.fmt];
+    if (!alg) throw new ErofsError('EOPNOTSUPP', `unknown compression algorithm ${e.fmt}`);
+    let src = raw;
+    if (e.fmt !== 0 || this.img.featureIncompat & INCOMPAT_LZ4_0PADDING) {
+      // z_erofs_fixup_insize: skip the zero padding, looked for within the first page only.
+      const limit = Math.min(raw.length, PAGE - (e.pa % PAGE));
+      let margin = 0;
+      while (margin < limit && raw[margin] === 0) margin++;
+      if (margin >= limit) throw eio(this.nid, 'compressed pcluster is all padding');
+      src = raw.subarray(margin);
+    }
+    const opts: { partial: boolean; dictSize?: number } = { partial: true };
+    if (alg === 'lzma') {
+      const cfg = this.img.algorithmConfigs[1];
+      if (cfg && cfg.length >= 4) opts.dictSize = cfg.readUInt32LE(0);
+    }
+    const fn = this.img.decompress ?? decompress;
+    let out: Buffer;
+    try {
+      out = fn(alg, src, e.llen, opts);
+    } catch (err) {
+      if (err instanceof ErofsError) throw err;
+      throw eio(this.nid, `${alg} decompression failed: ${(err as Error).message}`);
+    }
+    if (out.length !== e.llen) throw eio(this.nid, `${alg} produced ${out.length} bytes, wanted ${e.llen}`);
+    return out;
+  }
+}
+
+function roundUp(v: number, a: number): number {
+  return Math.ceil(v / a) * a;
 }
