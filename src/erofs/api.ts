@@ -66,11 +66,12 @@ export interface PlainExtent {
 
 /**
  * Errors raised by the reader carry a POSIX errno name: EIO for corruption, ENOENT, ENOTDIR,
- * EINVAL (bad offset/argument), ENODATA (missing xattr), EOPNOTSUPP (unsupported feature).
+ * EINVAL (bad offset/argument), ENODATA (missing xattr), EOPNOTSUPP (unsupported feature),
+ * ENXIO (seek: offset at/after EOF, or no data after it).
  */
 export class ErofsError extends Error {
   constructor(
-    readonly code: 'EIO' | 'ENOENT' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'ENODATA' | 'EOPNOTSUPP' | 'ERANGE',
+    readonly code: 'EIO' | 'ENOENT' | 'ENOTDIR' | 'EISDIR' | 'EINVAL' | 'ENODATA' | 'EOPNOTSUPP' | 'ERANGE' | 'ENXIO',
     message: string,
   ) {
     super(message);

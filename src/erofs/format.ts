@@ -1,0 +1,160 @@
+// EROFS on-disk constants and small decoding helpers (little-endian throughout).
+// Layouts follow Linux fs/erofs/erofs_fs.h and erofs-utils include/erofs_fs.h (1.9).
+
+export const SUPER_OFFSET = 1024;
+export const SUPER_MAGIC = 0xe0f5e1e2;
+/** Size of the fixed superblock part; sb_extslots adds 16-byte slots after it. */
+export const SUPER_BASE_SIZE = 128;
+export const SB_EXTSLOT_SIZE = 16;
+export const ISLOT_BITS = 5; // nid << 5 = byte offset of an inode in the metadata area
+export const DEVT_SLOT_SIZE = 128;
+
+export const COMPAT = {
+  SB_CHKSUM: 0x1,
+  MTIME: 0x2,
+  XATTR_FILTER: 0x4,
+  SHARED_EA_IN_METABOX: 0x8,
+  PLAIN_XATTR_PFX: 0x10,
+  ISHARE_XATTRS: 0x20,
+} as const;
+
+export const INCOMPAT = {
+  ZERO_PADDING: 0x1,
+  COMPR_CFGS: 0x2,
+  BIG_PCLUSTER: 0x2,
+  CHUNKED_FILE: 0x4,
+  DEVICE_TABLE: 0x8,
+  COMPR_HEAD2: 0x8,
+  ZTAILPACKING: 0x10,
+  FRAGMENTS: 0x20,
+  DEDUPE: 0x20,
+  XATTR_PREFIXES: 0x40,
+  B48BIT: 0x80,
+  METABOX: 0x100,
+} as const;
+
+/** Every INCOMPAT bit this reader understands; anything else is refused. */
+export const KNOWN_INCOMPAT = 0x1ff;
+
+export const COMPAT_NAMES: ReadonlyArray<[number, string]> = [
+  [COMPAT.SB_CHKSUM, 'sb_csum'],
+  [COMPAT.MTIME, 'mtime'],
+  [COMPAT.XATTR_FILTER, 'xattr_filter'],
+  [COMPAT.SHARED_EA_IN_METABOX, 'shared_ea_in_metabox'],
+  [COMPAT.PLAIN_XATTR_PFX, 'plain_xattr_pfx'],
+  [COMPAT.ISHARE_XATTRS, 'ishare_xattrs'],
+];
+
+export const INCOMPAT_NAMES: ReadonlyArray<[number, string]> = [
+  [INCOMPAT.ZERO_PADDING, 'lz4_0padding'],
+  [INCOMPAT.COMPR_CFGS, 'compr_cfgs'],
+  [INCOMPAT.BIG_PCLUSTER, 'big_pcluster'],
+  [INCOMPAT.CHUNKED_FILE, 'chunked_file'],
+  [INCOMPAT.DEVICE_TABLE, 'device_table'],
+  [INCOMPAT.ZTAILPACKING, 'ztailpacking'],
+  [INCOMPAT.FRAGMENTS, 'fragments'],
+  [INCOMPAT.DEDUPE, 'dedupe'],
+  [INCOMPAT.XATTR_PREFIXES, 'xattr_prefixes'],
+  [INCOMPAT.B48BIT, '48bit'],
+  [INCOMPAT.METABOX, 'metabox'],
+];
+
+export const COMPRESSION_NAMES = ['lz4', 'lzma', 'deflate', 'zstd'] as const;
+
+/** i_format datalayout values. */
+export const DATALAYOUT = {
+  FLAT_PLAIN: 0,
+  COMPRESSED_FULL: 1,
+  FLAT_INLINE: 2,
+  COMPRESSED_COMPACT: 3,
+  CHUNK_BASED: 4,
+} as const;
+export const DATALAYOUT_MAX = 5;
+
+export const I_VERSION_EXTENDED = 1;
+/** Non-directory compact inodes: nlink is 1 and i_nb holds the block MSBs. */
+export const I_NLINK_1_BIT = 4;
+/** Directories: the "." dirent is not stored. */
+export const I_DOT_OMITTED_BIT = 4;
+export const I_ALL = (1 << (I_NLINK_1_BIT + 1)) - 1;
+
+export const CHUNK_FORMAT_BLKBITS_MASK = 0x1f;
+export const CHUNK_FORMAT_INDEXES = 0x20;
+export const CHUNK_FORMAT_48BIT = 0x40;
+export const CHUNK_FORMAT_ALL = (CHUNK_FORMAT_48BIT << 1) - 1;
+
+export const INODE_COMPACT_SIZE = 32;
+export const INODE_EXTENDED_SIZE = 64;
+export const XATTR_IBODY_HEADER_SIZE = 12;
+export const XATTR_ENTRY_SIZE = 4;
+export const DIRENT_SIZE = 12;
+export const NAME_LEN = 255;
+
+export const XATTR_INDEX = {
+  USER: 1,
+  POSIX_ACL_ACCESS: 2,
+  POSIX_ACL_DEFAULT: 3,
+  TRUSTED: 4,
+  LUSTRE: 5,
+  SECURITY: 6,
+} as const;
+export const XATTR_LONG_PREFIX = 0x80;
+export const XATTR_LONG_PREFIX_MASK = 0x7f;
+
+/** Name prefixes per short index; index 0 = hidden (not listable, base of internal names). */
+export const XATTR_PREFIXES: ReadonlyArray<string | undefined> = [
+  '',
+  'user.',
+  'system.posix_acl_access',
+  'system.posix_acl_default',
+  'trusted.',
+  'lustre.',
+  'security.',
+];
+
+/** Dirent file_type values (FT_*). */
+export const FT_TO_TYPE = [undefined, 'file', 'dir', 'chardev', 'blockdev', 'fifo', 'socket', 'symlink'] as const;
+
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
+export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+export const S_IFCHR = 0o020000;
+export const S_IFIFO = 0o010000;
+
+/**
+ * On disk, bit 63 of a nid says "this inode lives in the metabox inode". JS numbers cannot hold
+ * bit 63, so the reader represents such nids as METABOX_NID_FLAG + the low bits.
+ */
+export const METABOX_NID_FLAG = 2 ** 52;
+
+export const NULL_ADDR_32 = 0xffffffff;
+
+/** Reads a u64 as a JS number; undefined if it does not fit in 53 bits. */
+export function u64(buf: Buffer, off: number): number | undefined {
+  const lo = buf.readUInt32LE(off);
+  const hi = buf.readUInt32LE(off + 4);
+  if (hi >= 0x200000) return undefined;
+  return hi * 0x100000000 + lo;
+}
+
+/** Decodes an on-disk 64-bit nid (dirents, superblock) into the reader's number form. */
+export function decodeNid(buf: Buffer, off: number): number | undefined {
+  const lo = buf.readUInt32LE(off);
+  const hi = buf.readUInt32LE(off + 4);
+  const metabox = (hi & 0x80000000) !== 0;
+  const h = hi & 0x7fffffff;
+  if (h >= 0x100000) return undefined; // beyond 52 bits: not representable (and absurd)
+  const low = h * 0x100000000 + lo;
+  return metabox ? METABOX_NID_FLAG + low : low;
+}
+
+export function nidInMetabox(nid: number): boolean {
+  return nid >= METABOX_NID_FLAG;
+}
+
+export function nidSlot(nid: number): number {
+  return nid >= METABOX_NID_FLAG ? nid - METABOX_NID_FLAG : nid;
+}

@@ -1,0 +1,194 @@
+// Bounded I/O over image files: devices read with fs.readSync, and a byte-bounded LRU page cache
+// for metadata. Every read is checked against the file size; a short or out-of-range read is EIO.
+import fs from 'node:fs';
+import { ErofsError } from './api.js';
+
+/** Something that yields exactly `len` bytes at `pos`, or throws ErofsError('EIO'). */
+export interface ByteSource {
+  readonly size: number;
+  /** The returned buffer may be shared with a cache: callers must not modify it. */
+  read(pos: number, len: number): Buffer;
+}
+
+/** A least-recently-used map whose total value size is bounded in bytes. */
+export class LruCache<K> {
+  private map = new Map<K, Buffer>();
+  private bytes = 0;
+  constructor(private readonly maxBytes: number) {}
+
+  get(key: K): Buffer | undefined {
+    const v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+
+  set(key: K, value: Buffer): void {
+    const old = this.map.get(key);
+    if (old !== undefined) {
+      this.bytes -= old.length;
+      this.map.delete(key);
+    }
+    if (value.length > this.maxBytes) return;
+    this.map.set(key, value);
+    this.bytes += value.length;
+    while (this.bytes > this.maxBytes) {
+      const first = this.map.keys().next();
+      if (first.done) break;
+      const v = this.map.get(first.value)!;
+      this.map.delete(first.value);
+      this.bytes -= v.length;
+    }
+  }
+
+  clear(): void {
+    this.map.clear();
+    this.bytes = 0;
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+}
+
+export const PAGE_SIZE = 4096;
+const PAGE_SHIFT = 12;
+
+/** An image file or an extra device, read with positional readSync. */
+export class Device {
+  readonly fd: number;
+  readonly size: number;
+  private closed = false;
+
+  constructor(readonly path: string, readonly index: number) {
+    try {
+      this.fd = fs.openSync(path, 'r');
+    } catch (e) {
+      throw new ErofsError('EINVAL', `cannot open device ${index} (${path}): ${(e as Error).message}`);
+    }
+    try {
+      const st = fs.fstatSync(this.fd);
+      let size = st.size;
+      if (st.isBlockDevice()) {
+        // fstat gives 0 for block devices; find the end with a seek-free probe.
+        size = blockDeviceSize(this.fd);
+      }
+      this.size = size;
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
+  }
+
+  /** Fills buf[off, off+len) from device position pos; EIO when out of range or short. */
+  readInto(buf: Buffer, off: number, pos: number, len: number): void {
+    if (this.closed) throw new ErofsError('EIO', 'device closed');
+    if (!Number.isSafeInteger(pos) || pos < 0 || len < 0 || pos + len > this.size) {
+      throw new ErofsError('EIO', `read of ${len} bytes at ${pos} beyond the end of device ${this.index} (${this.size} bytes)`);
+    }
+    let done = 0;
+    let tries = 0;
+    while (done < len) {
+      const n = fs.readSync(this.fd, buf, off + done, len - done, pos + done);
+      if (n <= 0) {
+        if (++tries > 3) throw new ErofsError('EIO', `short read on device ${this.index} at ${pos + done}`);
+        continue;
+      }
+      done += n;
+    }
+  }
+
+  read(pos: number, len: number): Buffer {
+    const b = Buffer.allocUnsafe(len);
+    this.readInto(b, 0, pos, len);
+    return b;
+  }
+
+  close(): void {
+    if (!this.closed) {
+      this.closed = true;
+      fs.closeSync(this.fd);
+    }
+  }
+}
+
+function blockDeviceSize(fd: number): number {
+  // Binary search for the last readable byte (bounded: 64 probes).
+  const one = Buffer.alloc(1);
+  let lo = 0;
+  let hi = 2 ** 50;
+  for (let i = 0; i < 64 && lo < hi; i++) {
+    const mid = Math.floor((lo + hi + 1) / 2);
+    let ok = false;
+    try {
+      ok = fs.readSync(fd, one, 0, 1, mid - 1) === 1;
+    } catch {
+      ok = false;
+    }
+    if (ok) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/**
+ * A ByteSource with a 4 KiB page cache in front of a page loader. Reads inside one page return a
+ * view into the cached page (no copy); reads spanning pages are assembled into a new buffer.
+ */
+export class CachedSource implements ByteSource {
+  constructor(
+    readonly size: number,
+    private readonly loadPage: (pageIndex: number) => Buffer,
+    private readonly cache: LruCache<number>,
+    private readonly label: string,
+  ) {}
+
+  private page(idx: number): Buffer {
+    let p = this.cache.get(idx);
+    if (p === undefined) {
+      p = this.loadPage(idx);
+      this.cache.set(idx, p);
+    }
+    return p;
+  }
+
+  read(pos: number, len: number): Buffer {
+    if (!Number.isSafeInteger(pos) || !Number.isSafeInteger(len) || pos < 0 || len < 0 || pos + len > this.size) {
+      throw new ErofsError('EIO', `${this.label}: ${len} bytes at ${pos} out of range (size ${this.size})`);
+    }
+    if (len === 0) return Buffer.alloc(0);
+    const first = Math.floor(pos / PAGE_SIZE);
+    const last = Math.floor((pos + len - 1) / PAGE_SIZE);
+    if (first === last) {
+      const p = this.page(first);
+      const o = pos - first * PAGE_SIZE;
+      if (o + len > p.length) throw new ErofsError('EIO', `${this.label}: short page ${first}`);
+      return p.subarray(o, o + len);
+    }
+    const out = Buffer.allocUnsafe(len);
+    let done = 0;
+    for (let i = first; i <= last; i++) {
+      const p = this.page(i);
+      const o = i === first ? pos - first * PAGE_SIZE : 0;
+      const n = Math.min(PAGE_SIZE - o, len - done);
+      if (o + n > p.length) throw new ErofsError('EIO', `${this.label}: short page ${i}`);
+      p.copy(out, done, o, o + n);
+      done += n;
+    }
+    return out;
+  }
+}
+
+/** Page loader for a device: full pages, the last one possibly short. */
+export function devicePageLoader(dev: Device): (idx: number) => Buffer {
+  return (idx) => {
+    const pos = idx * PAGE_SIZE;
+    const n = Math.min(PAGE_SIZE, dev.size - pos);
+    if (n <= 0) throw new ErofsError('EIO', `page ${idx} beyond device ${dev.index}`);
+    return dev.read(pos, n);
+  };
+}
+
+export { PAGE_SHIFT };
