@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Obtain a Debian guest kernel (and the few modules the guest needs) WITHOUT installing anything
+# into the host: `apt-get download` + `dpkg-deb -x` into a private directory.
+#
+# Preferred: Linux 6.12 "cloud-amd64" from bookworm-backports (VIRTIO_FS, FUSE_FS, FUSE_DAX and
+# VIRTIO_PCI built in; virtio_blk and erofs are modules). bookworm-backports is added through a
+# private apt configuration (own sources.list, lists and cache directories under OUTDIR/apt), so
+# the host's apt state is left untouched. Fallback: the host's own apt sources (Debian 12 ships
+# 6.1), where fuse/virtiofs may be modules — they are then copied and loaded by the initramfs.
+#
+# Usage: qemu/get-kernel.sh [OUTDIR]        (default: .cache/guest)
+# Env:   GUEST_KERNEL_FLAVOUR  cloud-amd64 (default) or amd64
+#        GUEST_KERNEL_NO_BACKPORTS=1  skip bookworm-backports (use the host's sources)
+#        DEBIAN_MIRROR         default http://deb.debian.org/debian
+# Output: OUTDIR/vmlinuz, OUTDIR/modules/*.ko (uncompressed), OUTDIR/modules.load (load order),
+#         OUTDIR/kernel-version, OUTDIR/config, OUTDIR/source (which apt source it came from).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-.cache/guest}
+FLAVOUR=${GUEST_KERNEL_FLAVOUR:-cloud-amd64}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/kernel-version" ] && [ -f "$OUT/modules.load" ]; then
+  echo "get-kernel: have $(cat "$OUT/kernel-version") in $OUT" >&2
+  exit 0
+fi
+
+APT=$OUT/apt
+mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/dl"
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+echo "deb [signed-by=$KEYRING] $MIRROR bookworm-backports main" >"$APT/sources.list"
+PRIV=(-o "Dir::Etc::sourcelist=$APT/sources.list" -o "Dir::Etc::sourceparts=-"
+      -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache"
+      -o "APT::Sandbox::User=root" -o "Debug::NoLocking=1")
+HOST=(-o "APT::Sandbox::User=root")
+
+# Resolve the metapackage (linux-image-FLAVOUR) to the concrete image package.
+resolve() { # apt-opts... -> prints package name
+  apt-cache "$@" depends "linux-image-$FLAVOUR" 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\).*/\1/p' | head -n1
+}
+
+pkg="" ; source=""
+if [ -z "${GUEST_KERNEL_NO_BACKPORTS:-}" ] &&
+   apt-get "${PRIV[@]}" -qq update >"$APT/update.log" 2>&1; then
+  pkg=$(resolve "${PRIV[@]}")
+  [ -n "$pkg" ] && source="bookworm-backports" && OPTS=("${PRIV[@]}")
+else
+  echo "get-kernel: bookworm-backports unavailable (see $APT/update.log); falling back to host sources" >&2
+fi
+if [ -z "$pkg" ]; then
+  pkg=$(resolve "${HOST[@]}")
+  if [ -z "$pkg" ]; then
+    apt-get update -qq || true
+    pkg=$(resolve "${HOST[@]}")
+  fi
+  [ -n "$pkg" ] || { echo "get-kernel: cannot resolve linux-image-$FLAVOUR" >&2; exit 1; }
+  source="host apt sources"; OPTS=("${HOST[@]}")
+fi
+echo "get-kernel: downloading $pkg from $source" >&2
+
+rm -f "$APT/dl/"*.deb
+(cd "$APT/dl" && apt-get "${OPTS[@]}" -qq download "$pkg")
+deb=$(ls "$APT/dl/"*.deb | head -n1)
+rm -rf "$OUT/root" && mkdir -p "$OUT/root"
+dpkg-deb -x "$deb" "$OUT/root"
+
+kver=$(ls "$OUT/root/lib/modules" | head -n1)
+cp "$OUT/root/boot/vmlinuz-$kver" "$OUT/vmlinuz"
+cp "$OUT/root/boot/config-$kver" "$OUT/config"
+MODDIR=$OUT/root/lib/modules/$kver
+
+# Modules the guest wants, in dependency order. Built-in ones are skipped (modules.builtin).
+WANT=(virtio_pci fuse virtiofs virtio_blk erofs)
+rm -rf "$OUT/modules" && mkdir -p "$OUT/modules"
+: >"$OUT/modules.load.tmp"
+declare -A seen=()
+find_mod() { find "$MODDIR/kernel" -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" -o -name "$1.ko.gz" | head -n1; }
+unpack() { # src dst
+  case "$1" in
+    *.xz) xz -dc "$1" >"$2" ;;
+    *.zst) zstd -qdc "$1" >"$2" ;;
+    *.gz) gzip -dc "$1" >"$2" ;;
+    *) cp "$1" "$2" ;;
+  esac
+}
+add_mod() {
+  local name=${1//-/_}
+  [ -n "${seen[$name]:-}" ] && return 0
+  seen[$name]=1
+  local f; f=$(find_mod "$name")
+  if [ -z "$f" ]; then
+    f=$(find_mod "${1//_/-}")
+  fi
+  if [ -z "$f" ]; then
+    if grep -qE "/(${name}|${name//_/-})\.ko$" "$MODDIR/modules.builtin" 2>/dev/null; then return 0; fi
+    echo "get-kernel: module $name not found (neither module nor built-in)" >&2
+    return 0
+  fi
+  unpack "$f" "$OUT/modules/$name.ko"
+  local deps; deps=$(grep -a -o 'depends=[^[:cntrl:]]*' "$OUT/modules/$name.ko" | head -n1 | cut -d= -f2)
+  local d
+  for d in ${deps//,/ }; do add_mod "$d"; done
+  echo "$name" >>"$OUT/modules.load.tmp"
+}
+for m in "${WANT[@]}"; do add_mod "$m"; done
+mv "$OUT/modules.load.tmp" "$OUT/modules.load"
+
+rm -rf "$OUT/root"   # keep only what the guest needs
+echo "$source" >"$OUT/source"
+echo "$kver" >"$OUT/kernel-version"
+echo "get-kernel: $kver from $source; modules: $(tr '\n' ' ' <"$OUT/modules.load")" >&2

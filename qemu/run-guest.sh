@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Boot the test guest against a vhost-user-fs back-end (ours or virtiofsd) that already listens
+# on SOCKET. The serial console goes to stdout; the guest prints `GUESTTEST {json}` lines and
+# `GUESTDONE` and then powers off (QEMU exits).
+#
+# Usage: qemu/run-guest.sh --socket SOCKET [--tag TAG] [--out OUT.img] [--queues N]
+#                          [--mem 512M] [--smp 2] [--guest DIR] [--timeout SECONDS]
+#                          [--print] [-- extra kernel command line words (gt.tests=…, gt.root=…)]
+# KVM is used when /dev/kvm is usable, TCG otherwise. Guest RAM is a shared memfd
+# (memory-backend-memfd,share=on + a NUMA node), which vhost-user requires.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+GUEST=$here/../.cache/guest
+SOCK=""; TAG=erofs; OUT=""; QUEUES=1; MEM=512M; SMP=2; TIMEOUT=600; PRINT=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --socket) SOCK=$2; shift 2 ;;
+    --tag) TAG=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    --queues) QUEUES=$2; shift 2 ;;
+    --mem) MEM=$2; shift 2 ;;
+    --smp) SMP=$2; shift 2 ;;
+    --guest) GUEST=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --print) PRINT=1; shift ;;
+    --) shift; break ;;
+    *) echo "run-guest: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$SOCK" ] || { echo "run-guest: --socket is required" >&2; exit 2; }
+for f in vmlinuz initramfs.gz; do
+  [ -s "$GUEST/$f" ] || { echo "run-guest: $GUEST/$f missing (run qemu/get-kernel.sh and qemu/build-initramfs.sh)" >&2; exit 2; }
+done
+
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); fi
+args=(
+  qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
+  -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
+  -nographic -nodefaults -no-reboot -serial stdio -monitor none
+  -chardev "socket,id=vfs0,path=$SOCK"
+  -device "vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES"
+  -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.gz"
+  -append "console=ttyS0 quiet panic=-1 gt.tag=$TAG $*"
+)
+if [ -n "$OUT" ]; then
+  [ -f "$OUT" ] || truncate -s 64M "$OUT"
+  args+=(-drive "file=$OUT,format=raw,if=virtio,cache=unsafe")
+fi
+if [ -n "$PRINT" ]; then printf '%q ' "${args[@]}"; echo; exit 0; fi
+exec timeout --foreground -k 5 "$TIMEOUT" "${args[@]}" </dev/null
