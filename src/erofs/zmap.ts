@@ -127,6 +127,15 @@ export class PclusterCache {
   hits = 0;
   misses = 0;
 
+  /**
+   * Read-ahead window over the data space (one per image): sequential pclusters are usually
+   * stored back to back, so one larger read serves several of them.
+   */
+  rawStart = -1;
+  rawBuf: Buffer | undefined;
+  /** End of the last data-space pcluster read (sequential-access detection). */
+  rawLastEnd = -1;
+
   constructor(readonly maxBytes: number = 64 * 1024 * 1024) {}
 
   get(key: string): Buffer | undefined {
@@ -167,6 +176,9 @@ export class PclusterCache {
   clear(): void {
     this.map.clear();
     this.bytes = 0;
+    this.rawBuf = undefined;
+    this.rawStart = -1;
+    this.rawLastEnd = -1;
   }
 }
 
@@ -204,6 +216,8 @@ const SRC_HOLE = 3;
 const TWO32 = 0x1_0000_0000;
 const PAGE = 4096;
 const META_WINDOW = 4096;
+/** Read-ahead size for sequential pcluster reads. */
+const RAW_READAHEAD = 128 * 1024;
 
 const ALG_NAMES: readonly CompressionAlgorithm[] = ['lz4', 'lzma', 'deflate', 'zstd'];
 
@@ -909,7 +923,7 @@ export class CompressedFile {
     const cache = this.img.cache;
     const hit = cache.get(key);
     if (hit) return hit;
-    const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.img.readData(e.pa, e.plen);
+    const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.readRaw(e.pa, e.plen);
     if (raw.length !== e.plen) throw eio(this.nid, 'short pcluster read');
     let out: Buffer;
     if (e.fmt === FMT_SHIFTED) {
@@ -928,6 +942,32 @@ export class CompressedFile {
     }
     cache.set(key, out);
     return out;
+  }
+
+  /** Data-space bytes of one pcluster, through the image's sequential read-ahead window. */
+  private readRaw(pa: number, plen: number): Buffer {
+    const c = this.img.cache;
+    const w = c.rawBuf;
+    if (w && pa >= c.rawStart && pa + plen <= c.rawStart + w.length) {
+      c.rawLastEnd = pa + plen;
+      return w.subarray(pa - c.rawStart, pa - c.rawStart + plen);
+    }
+    const sequential = pa === c.rawLastEnd;
+    c.rawLastEnd = pa + plen;
+    if (sequential && plen < RAW_READAHEAD) {
+      let buf: Buffer | undefined;
+      try {
+        buf = this.img.readData(pa, RAW_READAHEAD);
+      } catch {
+        buf = undefined; // near the end of the device: fall back to the exact read
+      }
+      if (buf && buf.length === RAW_READAHEAD) {
+        c.rawBuf = buf;
+        c.rawStart = pa;
+        return buf.subarray(0, plen);
+      }
+    }
+    return this.img.readData(pa, plen);
   }
 
   private inflate(e: Ext, raw: Buffer): Buffer {
