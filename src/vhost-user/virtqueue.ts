@@ -366,6 +366,11 @@ export class VirtQueue {
     return { queue: this, head, readable, writable, readableLength: rlen, writableLength: wlen, generation: this.generation, memory: mem };
   }
 
+  /** The chain belongs to the running ring (not stopped or reset since it was taken). */
+  isCurrent(chain: DescriptorChain): boolean {
+    return chain.queue === this && chain.generation === this.generation && this.started;
+  }
+
   /**
    * Returns a chain to the guest with `written` bytes in its writable part, and notifies
    * (coalesced per microtask). A chain from an earlier generation (the ring was stopped

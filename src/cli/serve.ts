@@ -1,0 +1,216 @@
+// `erofs-vfsd serve`: a vhost-user-fs back-end serving EROFS images, following the vhost-user
+// back-end program conventions (--socket-path, --fd, --print-capabilities).
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Argv } from 'yargs';
+import { openImage, type ErofsReader } from '../erofs/index.js';
+import { FuseServer } from '../fuse/server.js';
+import { ImageTree } from '../vfs/index.js';
+import { VhostUserServer } from '../vhost-user/index.js';
+import { VirtioFsDevice } from '../daemon/virtio-fs.js';
+import { createLogger, type Logger } from '../daemon/logger.js';
+
+export const SAMPLE_SOCKET = '/tmp/erofs-vfsd.sock';
+const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const SAMPLE_IMAGE = path.join(REPO_ROOT, 'samples/sample.erofs');
+
+export interface ServeArgs {
+  socketPath?: string | string[];
+  fd?: number;
+  printCapabilities?: boolean;
+  image?: string | string[];
+  device?: string | string[];
+  tag?: string;
+  numRequestQueues?: number;
+  entryTimeout?: number;
+  attrTimeout?: number;
+  cache?: string;
+  reconnect?: boolean;
+  logLevel?: string;
+  sample?: boolean;
+}
+
+export interface ImageSpec {
+  name?: string;
+  path: string;
+  domain?: string;
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+
+/** Parses `[NAME=]PATH[,domain=D]`. Unknown `,key=value` suffixes stay part of the path. */
+export function parseImageSpec(spec: string): ImageSpec {
+  const parts = spec.split(',');
+  let domain: string | undefined;
+  while (parts.length > 1) {
+    const last = parts[parts.length - 1]!;
+    const m = /^domain=(.+)$/.exec(last);
+    if (!m) break;
+    domain = m[1];
+    parts.pop();
+  }
+  let rest = parts.join(',');
+  let name: string | undefined;
+  const eq = rest.indexOf('=');
+  if (eq > 0 && NAME_RE.test(rest.slice(0, eq))) {
+    name = rest.slice(0, eq);
+    rest = rest.slice(eq + 1);
+  }
+  if (!rest) throw new Error(`--image '${spec}': no path`);
+  return { name, path: rest, domain };
+}
+
+function list<T>(v: T | T[] | undefined): T[] {
+  return v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+export function serveBuilder<T>(y: Argv<T>) {
+  return y
+    .option('socket-path', { type: 'string', array: true, describe: 'listen for the VMM on this Unix socket' })
+    .option('fd', { type: 'number', describe: 'use this inherited socket fd (listening or connected)' })
+    .option('print-capabilities', { type: 'boolean', describe: 'print the vhost-user back-end capabilities (JSON) and exit' })
+    .option('image', { type: 'string', array: true, describe: '[NAME=]PATH[,domain=D] of an EROFS image (repeatable)' })
+    .option('device', { type: 'string', array: true, describe: 'extra device (blob) of a multi-device image, in device table order (repeatable)' })
+    .option('tag', { type: 'string', default: 'erofs', describe: 'virtio-fs mount tag' })
+    .option('num-request-queues', { type: 'number', default: 1, describe: 'request queues offered (besides the high-priority queue)' })
+    .option('entry-timeout', { type: 'number', describe: 'seconds the guest may cache names' })
+    .option('attr-timeout', { type: 'number', describe: 'seconds the guest may cache attributes' })
+    .option('cache', { choices: ['auto', 'always', 'never'] as const, default: 'auto', describe: 'guest caching (images are immutable: caching is safe)' })
+    .option('reconnect', { type: 'boolean', default: false, describe: 'after the VMM disconnects, wait for the next connection instead of exiting' })
+    .option('log-level', { type: 'string', default: 'info', describe: 'fatal|error|warn|info|debug|trace|silent' })
+    .option('sample', { type: 'boolean', describe: `serve the bundled sample image on ${SAMPLE_SOCKET} and print a QEMU command line` });
+}
+
+export function cacheOptions(args: Pick<ServeArgs, 'cache' | 'entryTimeout' | 'attrTimeout'>): {
+  entryTimeout?: number;
+  attrTimeout?: number;
+  keepCache?: boolean;
+  cacheDir?: boolean;
+  negativeCache?: boolean;
+} {
+  let o: { entryTimeout?: number; attrTimeout?: number; keepCache?: boolean; cacheDir?: boolean; negativeCache?: boolean } = {};
+  switch (args.cache ?? 'auto') {
+    case 'never':
+      o = { entryTimeout: 0, attrTimeout: 0, keepCache: false, cacheDir: false, negativeCache: false };
+      break;
+    case 'always':
+      o = { entryTimeout: 86400, attrTimeout: 86400, keepCache: true, cacheDir: true, negativeCache: true };
+      break;
+    case 'auto':
+      break;
+    default:
+      throw new Error(`--cache ${args.cache}: expected auto, always or never`);
+  }
+  for (const [k, v] of [['entryTimeout', args.entryTimeout], ['attrTimeout', args.attrTimeout]] as const) {
+    if (v === undefined) continue;
+    if (!Number.isFinite(v) || v < 0) throw new Error(`--${k === 'entryTimeout' ? 'entry' : 'attr'}-timeout must be a non-negative number`);
+    o[k] = v;
+  }
+  return o;
+}
+
+export interface ServeDaemon {
+  server: VhostUserServer;
+  readers: ErofsReader[];
+  log: Logger;
+  /** Resolves with the reason the server finished. */
+  done: Promise<string>;
+  stop(reason?: string): void;
+}
+
+/** Opens the images and starts the vhost-user server (no signal handling, no exit). */
+export function startServe(args: ServeArgs, log: Logger = createLogger(args.logLevel ?? 'info')): ServeDaemon {
+  const specs = list(args.image).map(parseImageSpec);
+  if (specs.length === 0) throw new Error('at least one --image is needed');
+  const devices = list(args.device);
+  const readers = specs.map((s) => openImage(s.path, devices.length ? { devices } : undefined));
+  const tree = new ImageTree({ images: specs.map((s, i) => ({ name: s.name ?? (specs.length > 1 ? path.basename(s.path).replace(/\.[^.]*$/, '') : undefined), reader: readers[i]! })), ...cacheOptions(args) });
+  const sockets = list(args.socketPath);
+  if (sockets.length > 1) throw new Error('one --socket-path per daemon for now');
+  if (sockets.length === 0 && args.fd === undefined) throw new Error('--socket-path or --fd is required');
+  const tag = args.tag ?? 'erofs';
+  const numRequestQueues = args.numRequestQueues ?? 1;
+  const fuseLog = log.child({ component: 'fuse' });
+  // Validate the device options once before listening.
+  new VirtioFsDevice({ tag, numRequestQueues, server: { handle: async () => null }, log });
+  const server = new VhostUserServer({
+    socketPath: sockets[0],
+    fd: args.fd,
+    reconnect: args.reconnect ?? false,
+    log,
+    // A FUSE session per connection; the image tree (and its readers) is shared.
+    createDevice: () => new VirtioFsDevice({ tag, numRequestQueues, server: new FuseServer(tree, { logger: fuseLog }), log }),
+  });
+  server.start();
+  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues }, 'serving');
+  return {
+    server,
+    readers,
+    log,
+    done: server.done,
+    stop: (reason = 'stopped') => server.stop(reason),
+  };
+}
+
+export function sampleQemuCommand(socket: string, tag: string, numRequestQueues: number): string {
+  const nrq = numRequestQueues > 1 ? `,num-request-queues=${numRequestQueues}` : '';
+  return [
+    'qemu-system-x86_64 -machine q35,accel=kvm:tcg -cpu max -smp 2 -m 1G -nographic \\',
+    '  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\',
+    `  -chardev socket,id=vfsd0,path=${socket} \\`,
+    `  -device vhost-user-fs-pci,chardev=vfsd0,tag=${tag}${nrq},queue-size=1024 \\`,
+    "  -kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append 'console=ttyS0'",
+  ].join('\n');
+}
+
+export async function runServe(args: ServeArgs): Promise<void> {
+  if (args.printCapabilities) {
+    process.stdout.write('{"type": "fs"}\n');
+    return;
+  }
+  if (args.sample) {
+    args = { ...args, image: list(args.image).length ? args.image : [SAMPLE_IMAGE], socketPath: list(args.socketPath).length ? args.socketPath : [SAMPLE_SOCKET] };
+    if (args.reconnect === undefined || args.reconnect === false) args.reconnect = true;
+    if (!fs.existsSync(list(args.image)[0]!)) throw new Error(`sample image ${list(args.image)[0]} is missing (run samples/build.sh)`);
+  }
+  const log = createLogger(args.logLevel ?? 'info');
+  let daemon: ServeDaemon;
+  try {
+    daemon = startServe(args, log);
+  } catch (e) {
+    log.fatal({ err: e instanceof Error ? e.message : String(e) }, 'cannot start');
+    process.exitCode = 1;
+    return;
+  }
+  if (args.sample) {
+    const socket = list(args.socketPath)[0]!;
+    process.stdout.write(
+      [
+        `erofs-vfsd is serving ${list(args.image)[0]} on ${socket} (tag "${args.tag ?? 'erofs'}").`,
+        'Start a VM attached to it (any kernel with CONFIG_VIRTIO_FS; memory must be shared):',
+        '',
+        sampleQemuCommand(socket, args.tag ?? 'erofs', args.numRequestQueues ?? 1),
+        '',
+        'Then, inside the guest:',
+        '',
+        `  mount -t virtiofs ${args.tag ?? 'erofs'} /mnt`,
+        '',
+        'Stop the daemon with Ctrl-C.',
+        '',
+      ].join('\n'),
+    );
+  }
+  const onSignal = (sig: NodeJS.Signals): void => {
+    log.info({ signal: sig }, 'shutting down');
+    daemon.stop(sig);
+  };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  const reason = await daemon.done;
+  process.off('SIGTERM', onSignal);
+  process.off('SIGINT', onSignal);
+  log.info({ reason }, 'exiting');
+  for (const r of daemon.readers) r.close();
+  process.exitCode = 0;
+}

@@ -1,0 +1,170 @@
+// The virtio-fs device (VIRTIO device id 26) on top of vhost-user-ts: queue 0 is the
+// high-priority queue (FORGET, INTERRUPT), queues 1..N carry requests. Each descriptor chain is
+// one FUSE request: the device-readable bytes are gathered (copied, so the guest cannot change
+// them under us), handed to the FUSE server, and the reply is scattered into the chain's
+// device-writable buffers. Requests complete in any order; the FUSE server is async.
+import type { DescriptorChain, Logger, VhostUserDevice, BackendChannel } from '../vhost-user/index.js';
+
+/** VIRTIO_FS config: u8 tag[36], le32 num_request_queues (notify_buf_size only with NOTIFICATION). */
+export const VIRTIO_FS_TAG_LEN = 36;
+export const VIRTIO_FS_CONFIG_SIZE = 40;
+export const VIRTIO_ID_FS = 26;
+/** Largest request we gather (FUSE requests are small; WRITE is refused anyway). */
+export const MAX_REQUEST_BYTES = 2 * 1024 * 1024;
+
+const OUT_HEADER_SIZE = 16;
+const EIO = 5;
+const E2BIG = 7;
+
+/** The transport-neutral FUSE server surface we need (src/fuse/server.ts FuseServer). */
+export interface FuseRequestHandler {
+  handle(request: Buffer, ctx?: { queue?: number }): Promise<Buffer[] | null>;
+}
+
+export interface VirtioFsDeviceOptions {
+  tag: string;
+  /** Request queues (the high-priority queue comes on top). */
+  numRequestQueues: number;
+  server: FuseRequestHandler;
+  log: Logger;
+  /** Extra protocol features (e.g. for DAX window dialects); none by default. */
+  protocolFeatures?: bigint;
+  /** Called with the back-end channel when the front-end provides one (DAX uses it). */
+  onBackendChannel?: (ch: BackendChannel | null) => void;
+  onReset?: (reason: string) => void;
+}
+
+export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
+  const cfg = Buffer.alloc(VIRTIO_FS_CONFIG_SIZE);
+  const t = Buffer.from(tag, 'utf8');
+  if (t.length === 0 || t.length > VIRTIO_FS_TAG_LEN) throw new RangeError(`virtio-fs tag must be 1..${VIRTIO_FS_TAG_LEN} bytes`);
+  t.copy(cfg, 0);
+  cfg.writeUInt32LE(numRequestQueues, VIRTIO_FS_TAG_LEN);
+  return cfg;
+}
+
+/** Copies `parts` into `dst` slices in order; returns bytes written. Caller checks capacity. */
+export function scatter(parts: Buffer[], dst: Buffer[]): number {
+  let di = 0;
+  let doff = 0;
+  let written = 0;
+  for (const p of parts) {
+    let poff = 0;
+    while (poff < p.length) {
+      const d = dst[di];
+      if (!d) return written;
+      const n = p.copy(d, doff, poff);
+      poff += n;
+      doff += n;
+      written += n;
+      if (doff >= d.length) {
+        di++;
+        doff = 0;
+      }
+    }
+  }
+  return written;
+}
+
+export class VirtioFsDevice implements VhostUserDevice {
+  readonly features = 0n;
+  readonly protocolFeatures: bigint;
+  readonly numQueues: number;
+  private readonly config: Buffer;
+  stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0 };
+  inflight = 0;
+
+  constructor(private readonly opts: VirtioFsDeviceOptions) {
+    if (!Number.isInteger(opts.numRequestQueues) || opts.numRequestQueues < 1 || opts.numRequestQueues > 255) {
+      throw new RangeError('num-request-queues must be 1..255');
+    }
+    this.numQueues = 1 + opts.numRequestQueues;
+    this.config = encodeVirtioFsConfig(opts.tag, opts.numRequestQueues);
+    this.protocolFeatures = opts.protocolFeatures ?? 0n;
+  }
+
+  getConfig(offset: number, size: number): Buffer | null {
+    if (offset > VIRTIO_FS_CONFIG_SIZE || size > VIRTIO_FS_CONFIG_SIZE - offset) return null;
+    return Buffer.from(this.config.subarray(offset, offset + size));
+  }
+
+  backendChannel(ch: BackendChannel | null): void {
+    this.opts.onBackendChannel?.(ch);
+  }
+
+  reset(reason: string): void {
+    this.opts.onReset?.(reason);
+  }
+
+  handleChain(chain: DescriptorChain): void {
+    const log = this.opts.log;
+    const q = chain.queue;
+    this.stats.requests++;
+    if (chain.readableLength > MAX_REQUEST_BYTES) {
+      log.warn({ queue: q.index, bytes: chain.readableLength }, 'virtio-fs: request too large, dropped');
+      this.stats.tooLarge++;
+      q.complete(chain, 0);
+      return;
+    }
+    // A private copy: the guest may rewrite its buffers while we work.
+    const request = Buffer.concat(chain.readable, chain.readableLength);
+    this.inflight++;
+    let reply: Promise<Buffer[] | null>;
+    try {
+      reply = this.opts.server.handle(request, { queue: q.index });
+    } catch (e) {
+      reply = Promise.reject(e);
+    }
+    reply.then(
+      (parts) => {
+        this.inflight--;
+        q.complete(chain, this.writeReply(chain, parts, request));
+      },
+      (e: unknown) => {
+        this.inflight--;
+        this.stats.failed++;
+        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
+        q.complete(chain, this.writeReply(chain, [errorHeader(request, EIO)], request));
+      },
+    );
+  }
+
+  /** Scatters the reply into the chain's writable part; returns bytes written. */
+  private writeReply(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer): number {
+    if (!parts || parts.length === 0) {
+      this.stats.noReply++;
+      return 0;
+    }
+    // The ring was stopped (guest reset) meanwhile: these buffers are no longer ours to write.
+    if (!chain.queue.isCurrent(chain)) {
+      this.stats.stale++;
+      return 0;
+    }
+    let total = 0;
+    for (const p of parts) total += p.length;
+    if (total > chain.writableLength) {
+      this.stats.tooLarge++;
+      this.opts.log.warn({ queue: chain.queue.index, reply: total, room: chain.writableLength }, 'virtio-fs: reply larger than the guest buffers');
+      if (chain.writableLength < OUT_HEADER_SIZE) return 0;
+      parts = [errorHeader(request, E2BIG)];
+    }
+    try {
+      const n = scatter(parts, chain.writable);
+      this.stats.replies++;
+      return n;
+    } catch (e) {
+      // Memory went away (unmapped table): nothing was delivered.
+      this.opts.log.warn({ err: String(e) }, 'virtio-fs: could not write reply');
+      return 0;
+    }
+  }
+}
+
+/** A bare fuse_out_header carrying -errno for the request's unique id. */
+function errorHeader(request: Buffer, errno: number): Buffer {
+  const h = Buffer.alloc(OUT_HEADER_SIZE);
+  h.writeUInt32LE(OUT_HEADER_SIZE, 0);
+  h.writeInt32LE(-errno, 4);
+  if (request.length >= 16) request.copy(h, 8, 8, 16);
+  return h;
+}
