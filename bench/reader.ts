@@ -1,0 +1,250 @@
+// Issue 3 benchmark: sequential read of every file of the corpus, and of one 256 MiB file, for
+// each compression kind — (a) through the reader in-process, (b) through `erofs-vfsd mount` —
+// each as a ratio to the host kernel's loop mount of the same image, measured in the same run.
+//
+// Warm cache, defined per path so that each measures its own work:
+//  - kernel: the loop mount's page cache holds the file data (second pass);
+//  - in-process: the image file is in the host page cache; the reader's own caches are warm;
+//  - mount: the daemon is warm, but the kernel's FUSE page cache is dropped before each timed
+//    pass (otherwise the pass would time the kernel's page cache, not our server).
+
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { openImage } from '../src/erofs/index.js';
+import type { ErofsReader } from '../src/erofs/api.js';
+import { REPO_ROOT, SHARED_IMAGES } from '../test/support/paths.js';
+import { loopMount } from '../test/support/loop-mount.js';
+
+export const BENCH_DIR = path.join(REPO_ROOT, '.cache/bench');
+const CHUNK = 1 << 20;
+const PASSES = 3;
+
+export interface ReaderRow {
+  workload: string;
+  image: string;
+  bytes: number;
+  kernelMBps: number;
+  inProcessMBps: number;
+  mountMBps: number;
+  inProcessRatio: number;
+  mountRatio: number;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function listFiles(root: string): string[] {
+  const out: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile()) out.push(p);
+    }
+  };
+  walk(root);
+  return out.sort();
+}
+
+/** Reads every file through the VFS in 1 MiB chunks; returns bytes read. */
+function readAllFs(files: string[], buf: Buffer): number {
+  let total = 0;
+  for (const f of files) {
+    const fd = fs.openSync(f, 'r');
+    try {
+      for (;;) {
+        const n = fs.readSync(fd, buf, 0, buf.length, null);
+        if (n <= 0) break;
+        total += n;
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+  return total;
+}
+
+function readerFiles(reader: ErofsReader): { nid: number; size: number }[] {
+  const out: { nid: number; size: number }[] = [];
+  const seen = new Set<number>();
+  const walk = (dir: number) => {
+    for (let off = 0; ; ) {
+      const entries = reader.readdir(dir, off, 512);
+      if (entries.length === 0) break;
+      for (const e of entries) {
+        off = e.nextOffset;
+        const name = e.name.toString('latin1');
+        if (name === '.' || name === '..') continue;
+        if (e.type === 'dir') walk(e.nid);
+        else if (e.type === 'file' && !seen.has(e.nid)) {
+          seen.add(e.nid);
+          out.push({ nid: e.nid, size: reader.getAttr(e.nid).size });
+        }
+      }
+    }
+  };
+  walk(reader.rootNid);
+  return out;
+}
+
+function readAllReader(reader: ErofsReader, files: { nid: number; size: number }[]): number {
+  let total = 0;
+  for (const f of files) {
+    for (let off = 0; off < f.size; off += CHUNK) total += reader.read(f.nid, off, Math.min(CHUNK, f.size - off)).length;
+  }
+  return total;
+}
+
+function timeMBps(fn: () => number, before?: () => void): { mbps: number; bytes: number } {
+  fn(); // warm-up pass
+  const rates: number[] = [];
+  let bytes = 0;
+  for (let i = 0; i < PASSES; i++) {
+    before?.();
+    const t0 = process.hrtime.bigint();
+    bytes = fn();
+    const ns = Number(process.hrtime.bigint() - t0);
+    rates.push(bytes / 1e6 / (ns / 1e9));
+  }
+  return { mbps: median(rates), bytes };
+}
+
+function dropPageCache(keepWarm: string[]): void {
+  fs.writeFileSync('/proc/sys/vm/drop_caches', '1');
+  const buf = Buffer.allocUnsafe(CHUNK);
+  readAllFs(keepWarm, buf); // the image files themselves stay warm for the daemon
+}
+
+async function startMount(image: string, mountpoint: string): Promise<ChildProcess> {
+  fs.mkdirSync(mountpoint, { recursive: true });
+  const child = spawn(process.execPath, [path.join(REPO_ROOT, 'dist/src/cli/main.js'), 'mount', image, mountpoint], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const deadline = Date.now() + 20000;
+  while (Date.now() < deadline) {
+    if (fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === mountpoint)) return child;
+    if (child.exitCode !== null) throw new Error(`erofs-vfsd mount exited with ${child.exitCode}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error('erofs-vfsd mount did not come up');
+}
+
+async function stopMount(child: ChildProcess, mountpoint: string): Promise<void> {
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await Promise.race([exited, new Promise((r) => setTimeout(r, 10000))]);
+  try { execFileSync('umount', ['-l', mountpoint], { stdio: 'ignore' }); } catch { /* already unmounted */ }
+}
+
+async function measureImage(workload: string, image: string): Promise<ReaderRow> {
+  const buf = Buffer.allocUnsafe(CHUNK);
+  const loop = loopMount(image);
+  let kernel: { mbps: number; bytes: number };
+  try {
+    const files = listFiles(loop.dir);
+    kernel = timeMBps(() => readAllFs(files, buf));
+  } finally {
+    loop.unmount();
+  }
+  const reader = openImage(image);
+  let inProcess: { mbps: number; bytes: number };
+  try {
+    const files = readerFiles(reader);
+    inProcess = timeMBps(() => readAllReader(reader, files));
+  } finally {
+    reader.close();
+  }
+  const mnt = path.join(BENCH_DIR, 'mnt', path.basename(image));
+  const child = await startMount(image, mnt);
+  let mount: { mbps: number; bytes: number };
+  try {
+    const files = listFiles(mnt);
+    mount = timeMBps(() => readAllFs(files, buf), () => dropPageCache([image]));
+  } finally {
+    await stopMount(child, mnt);
+  }
+  for (const r of [inProcess, mount]) {
+    if (r.bytes !== kernel.bytes) throw new Error(`${image}: read ${r.bytes} bytes, the kernel ${kernel.bytes}`);
+  }
+  return {
+    workload,
+    image: path.basename(image),
+    bytes: kernel.bytes,
+    kernelMBps: kernel.mbps,
+    inProcessMBps: inProcess.mbps,
+    mountMBps: mount.mbps,
+    inProcessRatio: inProcess.mbps / kernel.mbps,
+    mountRatio: mount.mbps / kernel.mbps,
+  };
+}
+
+/** A 256 MiB file of mixed content (text-like runs and random blocks, ~2:1 for LZ4) and its images. */
+function buildBigImages(): { name: string; image: string }[] {
+  const dir = path.join(BENCH_DIR, 'big');
+  const tree = path.join(dir, 'tree');
+  const file = path.join(tree, 'big.bin');
+  const size = 256 << 20;
+  fs.mkdirSync(tree, { recursive: true });
+  if (!fs.existsSync(file) || fs.statSync(file).size !== size) {
+    const fd = fs.openSync(file, 'w');
+    const block = Buffer.alloc(CHUNK);
+    let x = 0x9e3779b9;
+    for (let off = 0; off < size; off += CHUNK) {
+      for (let i = 0; i < CHUNK; i += 4096) {
+        if ((i >> 12) % 2 === 0) {
+          for (let j = 0; j < 4096; j++) {
+            x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+            block[i + j] = x & 0xff;
+          }
+        } else {
+          block.write(`line ${off + i} of the benchmark file, repeated text compresses well\n`.repeat(64), i, 4096, 'latin1');
+        }
+      }
+      fs.writeSync(fd, block);
+    }
+    fs.closeSync(fd);
+  }
+  const variants: [string, string[]][] = [
+    ['plain', []],
+    ['lz4', ['-zlz4']],
+    ['lz4hc', ['-zlz4hc']],
+  ];
+  return variants.map(([name, opts]) => {
+    const image = path.join(dir, `big-${name}.erofs`);
+    if (!fs.existsSync(image) || fs.statSync(image).mtimeMs < fs.statSync(file).mtimeMs) {
+      execFileSync('mkfs.erofs', [...opts, '-T0', '--all-root', image, tree], { stdio: 'ignore' });
+    }
+    return { name, image };
+  });
+}
+
+export async function benchReader(log: (s: string) => void = () => {}): Promise<{ rows: ReaderRow[]; notes: string[] }> {
+  fs.mkdirSync(BENCH_DIR, { recursive: true });
+  const rows: ReaderRow[] = [];
+  const notes: string[] = [];
+  const corpus: [string, string][] = [
+    ['plain', 'plain.erofs'],
+    ['lz4', 'lz4.erofs'],
+    ['lz4hc', 'lz4hc-bigpcluster.erofs'],
+    ['deflate', 'deflate.erofs'],
+    ['zstd', 'zstd.erofs'],
+    ['lzma', 'lzma.erofs'],
+  ];
+  for (const [kind, file] of corpus) {
+    log(`reader: corpus ${kind}`);
+    rows.push(await measureImage(`corpus ${kind}`, path.join(SHARED_IMAGES, file)));
+  }
+  for (const { name, image } of buildBigImages()) {
+    log(`reader: 256 MiB ${name}`);
+    rows.push(await measureImage(`256 MiB file ${name}`, image));
+  }
+  notes.push(
+    'The 256 MiB file is built with Debian\'s mkfs.erofs 1.5, which has no DEFLATE, ZSTD or LZMA ' +
+      'compressor; those algorithms are measured on the shared corpus images only.',
+  );
+  return { rows, notes };
+}
