@@ -1,0 +1,189 @@
+// The virtio-fs device over a memfd-backed fake guest: config space, gathering requests from
+// several descriptors, scattering replies across several, oversize replies, no-reply requests,
+// failures, out-of-order completion, and no writes into guest memory after the ring stopped.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { native } from '../src/native/index.js';
+import { VirtQueue, silentLogger, type GuestMemory } from '../src/vhost-user/index.js';
+import { VirtioFsDevice, encodeVirtioFsConfig, scatter } from '../src/daemon/virtio-fs.js';
+import { FakeGuest, dupFd } from './support/fake-guest.js';
+
+const C = native.constants;
+const DESC = 0x1000;
+const AVAIL = 0x3000;
+const USED = 0x4000;
+const QSIZE = 32;
+
+function writeDesc(ram: Buffer, i: number, addr: number, len: number, flags: number, next = 0): void {
+  const o = DESC + 16 * i;
+  ram.writeBigUInt64LE(BigInt(addr), o);
+  ram.writeUInt32LE(len, o + 8);
+  ram.writeUInt16LE(flags, o + 12);
+  ram.writeUInt16LE(next, o + 14);
+}
+
+function offer(ram: Buffer, head: number): void {
+  const idx = ram.readUInt16LE(AVAIL + 2);
+  ram.writeUInt16LE(head, AVAIL + 4 + 2 * (idx % QSIZE));
+  ram.writeUInt16LE((idx + 1) & 0xffff, AVAIL + 2);
+}
+
+function used(ram: Buffer): { idx: number; elems: [number, number][] } {
+  const idx = ram.readUInt16LE(USED + 2);
+  const elems: [number, number][] = [];
+  for (let i = 0; i < idx; i++) elems.push([ram.readUInt32LE(USED + 4 + 8 * i), ram.readUInt32LE(USED + 8 + 8 * i)]);
+  return { idx, elems };
+}
+
+/** A fuse_in_header-like request: len, opcode, unique, then a tag byte telling the fake server what to do. */
+function request(ram: Buffer, at: number, unique: number, action: number): void {
+  ram.fill(0, at, at + 41);
+  ram.writeUInt32LE(41, at);
+  ram.writeUInt32LE(3, at + 4);
+  ram.writeBigUInt64LE(BigInt(unique), at + 8);
+  ram.writeUInt8(action, at + 40);
+}
+
+async function until(cond: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 400 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+  assert.ok(cond(), what);
+}
+
+test('config space: tag NUL-padded to 36 bytes, then num_request_queues', () => {
+  const cfg = encodeVirtioFsConfig('erofs', 3);
+  assert.equal(cfg.length, 40);
+  assert.equal(cfg.subarray(0, 5).toString(), 'erofs');
+  assert.ok(cfg.subarray(5, 36).every((b) => b === 0));
+  assert.equal(cfg.readUInt32LE(36), 3);
+  assert.throws(() => encodeVirtioFsConfig('x'.repeat(37), 1), RangeError);
+  const dev = new VirtioFsDevice({ tag: 'data', numRequestQueues: 2, server: { handle: async () => null }, log: silentLogger });
+  assert.equal(dev.numQueues, 3);
+  assert.equal(dev.getConfig(36, 4)!.readUInt32LE(0), 2);
+  assert.equal(dev.getConfig(30, 20), null);
+  assert.throws(() => new VirtioFsDevice({ tag: 'x', numRequestQueues: 0, server: { handle: async () => null }, log: silentLogger }), RangeError);
+});
+
+test('scatter fills destination slices in order and stops when they are full', () => {
+  const d = [Buffer.alloc(3), Buffer.alloc(0), Buffer.alloc(4)];
+  assert.equal(scatter([Buffer.from('ab'), Buffer.from('cdefghij')], d), 7);
+  assert.equal(Buffer.concat(d).toString(), 'abcdefg');
+});
+
+test('requests are gathered, replies scattered, completed out of order, and never written after a stop', async () => {
+  const g = new FakeGuest(1024 * 1024);
+  const mem: GuestMemory = g.memory();
+  const seen: Buffer[] = [];
+  let releaseSlow: (() => void) | null = null;
+  let releaseStale: (() => void) | null = null;
+  const server = {
+    handle: async (req: Buffer): Promise<Buffer[] | null> => {
+      seen.push(req);
+      const unique = req.subarray(8, 16);
+      const hdr = (len: number): Buffer => {
+        const h = Buffer.alloc(16);
+        h.writeUInt32LE(len, 0);
+        unique.copy(h, 8);
+        return h;
+      };
+      switch (req[40]) {
+        case 1: // 16 + 50 bytes
+          return [hdr(66), Buffer.alloc(50, 0x41)];
+        case 2: // too large for the guest's buffers
+          return [hdr(116), Buffer.alloc(100, 0x42)];
+        case 3:
+          return null;
+        case 4:
+          throw new Error('boom');
+        case 5:
+          await new Promise<void>((r) => (releaseSlow = r));
+          return [hdr(16)];
+        case 6:
+          await new Promise<void>((r) => (releaseStale = r));
+          return [hdr(20), Buffer.from('LATE')];
+        default:
+          return [hdr(16)];
+      }
+    },
+  };
+  const dev = new VirtioFsDevice({ tag: 'erofs', numRequestQueues: 1, server, log: silentLogger });
+  const q = new VirtQueue(1, silentLogger, (c) => dev.handleChain(c));
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  try {
+    q.setSize(QSIZE);
+    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
+    q.setKick(dupFd(kick));
+    q.setCall(dupFd(call));
+    q.enabled = true;
+    q.start();
+    const ram = g.ram;
+    // Chain 0: request split 30+11 bytes, reply buffers 16+10+100.
+    request(ram, 0x10000, 7, 1);
+    ram.copy(ram, 0x10800, 0x10000 + 30, 0x10000 + 41);
+    writeDesc(ram, 0, 0x10000, 30, 1, 1);
+    writeDesc(ram, 1, 0x10800, 11, 1, 2);
+    writeDesc(ram, 2, 0x20000, 16, 3, 3);
+    writeDesc(ram, 3, 0x20100, 10, 3, 4);
+    writeDesc(ram, 4, 0x20200, 100, 2);
+    // Chain 5: oversize reply into 20 bytes.
+    request(ram, 0x11000, 8, 2);
+    writeDesc(ram, 5, 0x11000, 41, 1, 6);
+    writeDesc(ram, 6, 0x21000, 20, 2);
+    // Chain 7: no reply. Chain 9: server throws. Chain 11: slow. Chain 13: fast.
+    request(ram, 0x12000, 9, 3);
+    writeDesc(ram, 7, 0x12000, 41, 1, 8);
+    writeDesc(ram, 8, 0x22000, 64, 2);
+    request(ram, 0x13000, 10, 4);
+    writeDesc(ram, 9, 0x13000, 41, 1, 10);
+    writeDesc(ram, 10, 0x23000, 64, 2);
+    request(ram, 0x14000, 11, 5);
+    writeDesc(ram, 11, 0x14000, 41, 1, 12);
+    writeDesc(ram, 12, 0x24000, 64, 2);
+    request(ram, 0x15000, 12, 0);
+    writeDesc(ram, 13, 0x15000, 41, 1, 14);
+    writeDesc(ram, 14, 0x25000, 64, 2);
+    for (const h of [0, 5, 7, 9, 11, 13]) offer(ram, h);
+    native.eventfdWrite(kick, 1);
+    await until(() => used(ram).idx === 5, 'five requests answered while one is still slow');
+    assert.equal(seen[0]!.length, 41, 'request gathered from two descriptors');
+    assert.equal(seen[0]!.readBigUInt64LE(8), 7n);
+    const u = used(ram);
+    const lenOf = (head: number): number | undefined => u.elems.find(([h]) => h === head)?.[1];
+    assert.equal(lenOf(0), 66);
+    assert.equal(ram.readUInt32LE(0x20000), 66);
+    assert.equal(ram.subarray(0x20100, 0x20100 + 10).toString(), 'A'.repeat(10));
+    assert.equal(ram.subarray(0x20200, 0x20200 + 40).toString(), 'A'.repeat(40));
+    assert.equal(ram[0x20200 + 40], 0, 'nothing past the reply');
+    assert.equal(lenOf(5), 16, 'oversize reply becomes a bare error header');
+    assert.equal(ram.readInt32LE(0x21004), -7);
+    assert.equal(ram.readBigUInt64LE(0x21008), 8n);
+    assert.equal(lenOf(7), 0, 'no reply: descriptors returned with nothing written');
+    assert.equal(lenOf(9), 16);
+    assert.equal(ram.readInt32LE(0x23004), -5, 'a failing server gives EIO');
+    assert.equal(lenOf(13), 16, 'a later request overtook the slow one');
+    assert.equal(lenOf(11), undefined);
+    releaseSlow!();
+    await until(() => used(ram).idx === 6, 'slow request completes');
+    assert.deepEqual(used(ram).elems[5], [11, 16]);
+    // A request in flight when the ring stops must not write into guest memory afterwards.
+    request(ram, 0x16000, 13, 6);
+    writeDesc(ram, 15, 0x16000, 41, 1, 16);
+    writeDesc(ram, 16, 0x26000, 64, 2);
+    offer(ram, 15);
+    native.eventfdWrite(kick, 1);
+    await until(() => releaseStale !== null, 'stale request reached the server');
+    q.stop();
+    releaseStale!();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(ram.readUInt32LE(0x26000), 0, 'no reply bytes after the stop');
+    assert.equal(used(ram).idx, 6, 'no used entry after the stop');
+    assert.equal(dev.stats.stale, 1);
+  } finally {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    fs.closeSync(call);
+    g.close();
+  }
+});
