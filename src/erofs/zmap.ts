@@ -120,10 +120,16 @@ export interface ZExtent {
   partialRef: boolean;
 }
 
-/** Byte-bounded LRU of decompressed pclusters, shared per image. */
+/**
+ * Byte-bounded LRU of decompressed pclusters, shared per image. Memory held: at most `maxBytes`
+ * in the LRU, plus one extent larger than `maxBytes` (≤ PCLUSTER_MAX_DSIZE) kept on the side,
+ * plus the 128 KiB read-ahead window.
+ */
 export class PclusterCache {
   private readonly map = new Map<string, Buffer>();
   private bytes = 0;
+  private oversizeKey = '';
+  private oversize: Buffer | undefined;
   hits = 0;
   misses = 0;
 
@@ -141,6 +147,10 @@ export class PclusterCache {
   get(key: string): Buffer | undefined {
     const v = this.map.get(key);
     if (v === undefined) {
+      if (this.oversizeKey === key && this.oversize) {
+        this.hits++;
+        return this.oversize;
+      }
       this.misses++;
       return undefined;
     }
@@ -157,7 +167,13 @@ export class PclusterCache {
       this.bytes -= old.length;
       this.map.delete(key);
     }
-    if (value.length > this.maxBytes) return;
+    if (value.length > this.maxBytes) {
+      // One extent larger than the whole budget: keep just the latest such one on the side,
+      // so that small sequential reads through it do not decode it again each time.
+      this.oversizeKey = key;
+      this.oversize = value;
+      return;
+    }
     this.map.set(key, value);
     this.bytes += value.length;
     while (this.bytes > this.maxBytes) {
@@ -176,6 +192,8 @@ export class PclusterCache {
   clear(): void {
     this.map.clear();
     this.bytes = 0;
+    this.oversize = undefined;
+    this.oversizeKey = '';
     this.rawBuf = undefined;
     this.rawStart = -1;
     this.rawLastEnd = -1;
