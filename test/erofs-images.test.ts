@@ -80,6 +80,18 @@ for (const name of imageNames()) {
   test(`${kind} image ${name}: tree equals the kernel's view`, () => checkImage(name));
 }
 
+test('the readSync fallback (no mmap) reads the same trees', () => {
+  const saved = process.env.EROFS_VFSD_NO_MMAP;
+  process.env.EROFS_VFSD_NO_MMAP = '1';
+  try {
+    checkImage('chunked-blobdev');
+    checkImage('lz4');
+  } finally {
+    if (saved === undefined) delete process.env.EROFS_VFSD_NO_MMAP;
+    else process.env.EROFS_VFSD_NO_MMAP = saved;
+  }
+});
+
 test('readdir cookies are stable: one-at-a-time continuation equals a full listing', () => {
   const r = open('plain');
   try {
@@ -165,8 +177,15 @@ test('reads at arbitrary offsets equal slices of the whole file', () => {
       const off = rnd(size + 100);
       const len = rnd(200000);
       const got = r.read(nid, off, len);
-      assert.ok(got.equals(whole.subarray(Math.min(off, size), Math.min(size, off + len))), `read ${off}+${len}`);
+      const want = whole.subarray(Math.min(off, size), Math.min(size, off + len));
+      assert.ok(got.equals(want), `read ${off}+${len}`);
+      const tgt = Buffer.alloc(len + 16, 0xaa);
+      const n = r.readInto!(nid, off, len, tgt, 16);
+      assert.equal(n, want.length);
+      assert.ok(tgt.subarray(16, 16 + n).equals(want), `readInto ${off}+${len}`);
+      assert.ok(tgt.subarray(0, 16).every((b) => b === 0xaa));
     }
+    assert.throws(() => r.readInto!(nid, 0, 100, Buffer.alloc(50)), (e: ErofsError) => e.code === 'EINVAL');
     assert.throws(() => r.read(big, 0, 10), (e: ErofsError) => e.code === 'EISDIR');
   } finally {
     r.close();

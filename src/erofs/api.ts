@@ -100,6 +100,12 @@ export interface ErofsReader {
   readdir(dirNid: number, offset: number, max: number): DirEntry[];
   /** Up to `length` bytes from `offset` (short only at EOF). */
   read(nid: number, offset: number, length: number): Buffer;
+  /**
+   * Optional zero-allocation variant of read(): fills target[targetOffset, …) with up to
+   * `length` bytes from `offset` and returns the count (short only at EOF). Prefer it on hot
+   * paths (FUSE_READ straight into reply/guest buffers): fresh buffers cost page faults.
+   */
+  readInto?(nid: number, offset: number, length: number, target: Uint8Array, targetOffset?: number): number;
   readlink(nid: number): Buffer;
   listXattrs(nid: number): Xattr[];
   /** Throws ENODATA when absent. */

@@ -140,8 +140,23 @@ export function mapRange(ctx: DataContext, ino: Inode, from: number, to: number)
 /** Reads [offset, offset+length) of an uncompressed inode (short only at EOF). */
 export function readUncompressed(ctx: DataContext, ino: Inode, offset: number, length: number, cached = false): Buffer {
   if (offset >= ino.size || length <= 0) return Buffer.alloc(0);
+  const n = Math.min(ino.size, offset + length) - offset;
+  const out = Buffer.allocUnsafe(n);
+  readUncompressedInto(ctx, ino, offset, n, out, 0, cached);
+  return out;
+}
+
+/**
+ * Fills out[outOff, ...) with file bytes from `offset`, at most `length` (clamped to EOF);
+ * returns the number of bytes written.
+ */
+export function readUncompressedInto(
+  ctx: DataContext, ino: Inode, offset: number, length: number, out: Uint8Array, outOff: number, cached = false,
+): number {
+  if (offset >= ino.size || length <= 0) return 0;
   const end = Math.min(ino.size, offset + length);
-  const out = Buffer.allocUnsafe(end - offset);
+  if (outOff < 0 || outOff + (end - offset) > out.length) throw new ErofsError('EINVAL', 'target buffer too small');
+  const dstBuf = Buffer.isBuffer(out) ? out : Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   let pos = offset;
   let guard = 0;
   while (pos < end) {
@@ -149,19 +164,19 @@ export function readUncompressed(ctx: DataContext, ino: Inode, offset: number, l
     const exts = mapRange(ctx, ino, pos, end);
     if (exts.length === 0) throw new ErofsError('EIO', `nid ${ino.nid}: unmapped range at ${pos}`);
     for (const x of exts) {
-      const dst = x.logical - offset;
+      const dst = outOff + (x.logical - offset);
       if (x.logical !== pos) throw new ErofsError('EIO', `nid ${ino.nid}: mapping gap at ${pos}`);
       if (!x.mapped) {
-        out.fill(0, dst, dst + x.length);
+        dstBuf.fill(0, dst, dst + x.length);
       } else if (x.inline) {
-        ctx.meta(ino.inMetabox).read(x.physical, x.length).copy(out, dst);
+        ctx.meta(ino.inMetabox).read(x.physical, x.length).copy(dstBuf, dst);
       } else if (cached && x.device === 0) {
-        ctx.meta(false).read(x.physical, x.length).copy(out, dst);
+        ctx.meta(false).read(x.physical, x.length).copy(dstBuf, dst);
       } else {
-        ctx.device(x.device).readInto(out, dst, x.physical, x.length);
+        ctx.device(x.device).readInto(dstBuf, dst, x.physical, x.length);
       }
       pos = x.logical + x.length;
     }
   }
-  return out;
+  return end - offset;
 }

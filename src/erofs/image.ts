@@ -8,7 +8,7 @@ import { parseSuperblock, summarize } from './superblock.js';
 import type { Superblock } from './superblock.js';
 import { isCompressedLayout, parseInode } from './inode.js';
 import type { Inode } from './inode.js';
-import { mapDevice, mapRange, readUncompressed } from './data.js';
+import { mapDevice, mapRange, readUncompressed, readUncompressedInto } from './data.js';
 import type { DataContext } from './data.js';
 import { lookup as dirLookup, readdir as dirReaddir } from './dir.js';
 import type { DirSource } from './dir.js';
@@ -210,6 +210,25 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     }
     if (length > MAX_READ) throw new ErofsError('EINVAL', `read of ${length} bytes is too large`);
     return this.readInodeData(ino, offset, length);
+  }
+
+  readInto(nid: number, offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
+    const ino = this.inode(nid);
+    if (ino.type === 'dir') throw new ErofsError('EISDIR', `nid ${nid} is a directory`);
+    if (ino.type !== 'file' && ino.type !== 'symlink') throw new ErofsError('EINVAL', `nid ${nid} has no data`);
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 ||
+        !Number.isSafeInteger(targetOffset) || targetOffset < 0) {
+      throw new ErofsError('EINVAL', 'bad read range');
+    }
+    if (offset >= ino.size || length === 0) return 0;
+    const n = Math.min(length, ino.size - offset);
+    if (targetOffset + n > target.length) throw new ErofsError('EINVAL', 'target buffer too small');
+    if (isCompressedLayout(ino.datalayout)) {
+      const b = this.z.read(ino, offset, n);
+      target.set(b, targetOffset);
+      return n;
+    }
+    return readUncompressedInto(this, ino, offset, n, target, targetOffset);
   }
 
   readlink(nid: number): Buffer {
