@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { native } from '../../src/native/index.js';
-import { GuestMemory, type MemRegionDesc } from '../../src/vhost-user/index.js';
+import { FLAG_NEED_REPLY, FLAG_REPLY, GuestMemory, MessageFramer, VERSION, encodeMessage, type MemRegionDesc } from '../../src/vhost-user/index.js';
 
 const C = native.constants;
 
@@ -44,6 +44,44 @@ export function dupFd(fd: number): number {
   } finally {
     fs.closeSync(a);
     fs.closeSync(b);
+  }
+}
+
+
+/** Minimal front-end for the state-machine test. */
+export class MiniFrontEnd {
+  readonly fd: number;
+  private buf = Buffer.alloc(4096);
+  constructor(fd: number) {
+    this.fd = fd;
+  }
+  send(req: number, payload?: Buffer, fds: number[] = [], flags = VERSION): void {
+    native.sendmsg(this.fd, encodeMessage(req, flags, payload), fds);
+  }
+  async reply(req: number): Promise<Buffer> {
+    for (let i = 0; i < 400; i++) {
+      const r = native.recvmsg(this.fd, this.buf);
+      if (r.bytes > 0) {
+        const f = new MessageFramer();
+        f.push(this.buf.subarray(0, r.bytes), r.fds);
+        const m = f.next();
+        assert.ok(m, 'a whole reply');
+        assert.equal(m.request, req);
+        assert.ok(m.flags & FLAG_REPLY);
+        return m.payload;
+      }
+      assert.notEqual(r.bytes, 0, 'back-end closed the connection');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    throw new Error(`no reply to ${req}`);
+  }
+  async call(req: number, payload?: Buffer, fds: number[] = []): Promise<Buffer> {
+    this.send(req, payload, fds);
+    return this.reply(req);
+  }
+  async ack(req: number, payload?: Buffer, fds: number[] = []): Promise<bigint> {
+    this.send(req, payload, fds, VERSION | FLAG_NEED_REPLY);
+    return (await this.reply(req)).readBigUInt64LE(0);
   }
 }
 
