@@ -154,6 +154,14 @@ const MKFS_VARIANTS: { name: string; options: string[]; expect: (kinds: Set<stri
     },
   },
   {
+    name: 'lz4-legacy-ztailpacking',
+    options: ['-zlz4', '-Elegacy-compress', '-Eztailpacking'],
+    expect: (k, _m, l) => {
+      assert.ok(k.has('inline'), [...k].join());
+      assert.ok(l.has(1) && !l.has(3), 'full indexes expected');
+    },
+  },
+  {
     name: 'lz4-ztailpacking',
     options: ['-zlz4', '-Eztailpacking'],
     expect: (k) => assert.ok(k.has('inline'), [...k].join()),

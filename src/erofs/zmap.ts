@@ -694,7 +694,10 @@ export class CompressedFile {
       dist = m.delta0;
     }
     let lcn = initial;
-    while (dist > 0 && lcn >= dist) {
+    // An extent never decodes to more than PCLUSTER_MAX_DSIZE (the kernel refuses longer ones),
+    // so the head cannot lie further back than that: bounds the walk on corrupt deltas.
+    const maxBack = Math.ceil(PCLUSTER_MAX_DSIZE / L) + 1;
+    while (dist > 0 && lcn >= dist && initial - (lcn - dist) <= maxBack) {
       lcn -= dist;
       this.loadLcluster(m, lcn, false);
       if (m.type === TYPE_NONHEAD) {
