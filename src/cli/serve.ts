@@ -153,14 +153,32 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   };
 }
 
+function kvmUsable(): boolean {
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A ready-to-paste QEMU command line attaching a VM to `socket`. */
 export function sampleQemuCommand(socket: string, tag: string, numRequestQueues: number): string {
   const nrq = numRequestQueues > 1 ? `,num-request-queues=${numRequestQueues}` : '';
+  // Under TCG, Debian 12's QEMU 7.2 needs CMPXCHG16B hidden for 6.x guests (see qemu/README.md).
+  const accel = kvmUsable() ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16';
+  const guest = path.join(REPO_ROOT, '.cache/guest');
+  const haveGuest = fs.existsSync(path.join(guest, 'vmlinuz')) && fs.existsSync(path.join(guest, 'initramfs.gz'));
+  const kernel = haveGuest
+    ? `-kernel ${guest}/vmlinuz -initrd ${guest}/initramfs.gz -append 'console=ttyS0 gt.tests=walk gt.shell=1'`
+    : "-kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append 'console=ttyS0'";
   return [
-    'qemu-system-x86_64 -machine q35,accel=kvm:tcg -cpu max -smp 2 -m 1G -nographic \\',
+    `qemu-system-x86_64 -machine q35 ${accel} -smp 2 -m 1G -nographic \\`,
     '  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\',
     `  -chardev socket,id=vfsd0,path=${socket} \\`,
     `  -device vhost-user-fs-pci,chardev=vfsd0,tag=${tag}${nrq},queue-size=1024 \\`,
-    "  -kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append 'console=ttyS0'",
+    `  ${kernel}`,
+    ...(haveGuest ? [] : ['', '(a test kernel and initramfs: qemu/get-kernel.sh && qemu/build-initramfs.sh)']),
   ].join('\n');
 }
 
