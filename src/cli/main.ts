@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// The `erofs-vfsd` command: a thin dispatcher. Each subcommand's logic lives in src/cli/<cmd>.ts
+// (run<Cmd>(args)); this file only declares options, validates them strictly and reports errors.
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { serveBuilder } from './serve.js';
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+function nonNegative(name: string) {
+  return (v: unknown): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a non-negative number of seconds, got '${String(v)}'`);
+    return n;
+  };
+}
+
+function fail(msg: string): never {
+  process.stderr.write(`erofs-vfsd: ${msg}\n`);
+  process.exit(1);
+}
+
+async function main(): Promise<void> {
+  await yargs(hideBin(process.argv))
+    .scriptName('erofs-vfsd')
+    .usage('$0 <command> [options]')
+    .command(
+      'mount <image> <mountpoint>',
+      'mount an EROFS image on the host through /dev/fuse (foreground; Ctrl-C unmounts)',
+      (y) =>
+        y
+          .positional('image', { type: 'string', demandOption: true, describe: 'EROFS image file' })
+          .positional('mountpoint', { type: 'string', demandOption: true, describe: 'existing directory' })
+          .option('device', { type: 'string', array: true, describe: 'extra device (blob) for multi-device images, in device-table order' })
+          .option('entry-timeout', { type: 'number', describe: 'seconds the kernel may cache names', coerce: nonNegative('entry-timeout') })
+          .option('attr-timeout', { type: 'number', describe: 'seconds the kernel may cache attributes', coerce: nonNegative('attr-timeout') })
+          .option('log-level', { choices: LOG_LEVELS, default: 'info' as const }),
+      async (argv) => {
+        const { runMount } = await import('./mount.js');
+        const code = await runMount({
+          image: argv.image,
+          mountpoint: argv.mountpoint,
+          devices: argv.device,
+          logLevel: argv['log-level'],
+          entryTimeout: argv['entry-timeout'],
+          attrTimeout: argv['attr-timeout'],
+        });
+        process.exitCode = code;
+      },
+    )
+    .command(
+      'inspect <image> [path]',
+      'show what an EROFS image holds: superblock, listings, stat, xattrs, fingerprints, file content',
+      (y) =>
+        y
+          .positional('image', { type: 'string', demandOption: true, describe: 'EROFS image file' })
+          .positional('path', { type: 'string', describe: 'path inside the image (default: the root)' })
+          .option('device', { type: 'string', array: true, describe: 'extra device (blob) for multi-device images, in device-table order' })
+          .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' })
+          .option('cat', { type: 'boolean', default: false, describe: "write the file's content to stdout" })
+          .option('recursive', { alias: 'R', type: 'boolean', default: false, describe: 'list directories recursively' }),
+      async (argv) => {
+        const { runInspect } = await import('./inspect.js');
+        process.exitCode = await runInspect({
+          image: argv.image,
+          path: argv.path,
+          devices: argv.device,
+          json: argv.json,
+          cat: argv.cat,
+          recursive: argv.recursive,
+        });
+      },
+    )
+    .command(
+      'serve',
+      'serve EROFS images to a VM as a vhost-user-fs back-end (virtio-fs)',
+      (y) => serveBuilder(y),
+      async (argv) => {
+        const { runServe } = await import('./serve.js');
+        await runServe(argv);
+      },
+    )
+    .demandCommand(1, 'a command is required (see --help)')
+    .strict()
+    .recommendCommands()
+    .help()
+    .alias('h', 'help')
+    .version(false)
+    .fail((msg, err) => {
+      if (err) fail(err.message);
+      process.stderr.write(`erofs-vfsd: ${msg}\nRun 'erofs-vfsd --help' for usage.\n`);
+      process.exit(2);
+    })
+    .parseAsync();
+}
+
+main().catch((err: unknown) => fail(err instanceof Error ? err.message : String(err)));
