@@ -610,3 +610,20 @@ test('corrupt indexes and pcluster data of real images raise ErofsError only, in
   assert.ok(mutants >= 1200, `${mutants} mutants`);
   assert.ok(Date.now() - started < 120_000, 'mutants took too long');
 });
+
+test('a packed inode whose fragment points into itself is EIO, not endless recursion', () => {
+  const meta = Buffer.alloc(8);
+  meta.writeBigUInt64LE((1n << 63n) | 10n); // whole file in the packed inode at offset 10
+  const ctx = memContext({ meta, data: Buffer.alloc(0), size: 5000, datalayout: 1 });
+  let f: CompressedFile | undefined;
+  ctx.image.readPacked = (off, len) => f!.read(off, len); // the "packed inode" is this very file
+  f = new CompressedFile(ctx);
+  assert.throws(() => f!.read(0, 100), (e: unknown) => e instanceof ErofsError && e.code === 'EIO');
+  // A fresh object per nested read (no shared state) is stopped by the depth bound.
+  const ctx2 = memContext({ meta, data: Buffer.alloc(0), size: 5000, datalayout: 1 });
+  ctx2.image.readPacked = (off, len) => new CompressedFile(ctx2).read(off, len);
+  assert.throws(() => new CompressedFile(ctx2).read(0, 100), (e: unknown) => e instanceof ErofsError && e.code === 'EIO');
+  // and the guard resets: an honest packed source works afterwards
+  const ctx3 = memContext({ meta, data: Buffer.alloc(0), size: 5000, datalayout: 1, packed: Buffer.alloc(6000, 7) });
+  assert.ok(new CompressedFile(ctx3).read(0, 5000).equals(Buffer.alloc(5000, 7)));
+});

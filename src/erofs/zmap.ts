@@ -237,6 +237,10 @@ const META_WINDOW = 4096;
 /** Read-ahead size for sequential pcluster reads. */
 const RAW_READAHEAD = 128 * 1024;
 
+/** Nesting of fragment reads (a packed inode never legitimately has fragments itself). */
+let fragmentDepth = 0;
+const MAX_FRAGMENT_DEPTH = 2;
+
 const ALG_NAMES: readonly CompressionAlgorithm[] = ['lz4', 'lzma', 'deflate', 'zstd'];
 
 /** One decoded-extent mapping: [la, la+llen) of the file comes from (src, pa, plen, fmt). */
@@ -313,6 +317,7 @@ export class CompressedFile {
   private paPrefix: number[] = [];
 
   private lastExt: Ext | undefined;
+  private inFragmentRead = false;
 
   constructor(readonly ctx: CompressedFileContext) {
     this.size = ctx.size;
@@ -329,6 +334,7 @@ export class CompressedFile {
 
   /** Exactly min(length, size - offset) bytes (empty at/after EOF). Throws ErofsError('EIO') on corruption. */
   read(offset: number, length: number): Buffer {
+    if (this.inFragmentRead) throw eio(this.nid, 'fragment refers back into its own file (packed inode)');
     if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
       throw new ErofsError('EINVAL', `bad read range ${offset}+${length}`);
     }
@@ -927,7 +933,20 @@ export class CompressedFile {
   private extentBytes(e: Ext, cur: number, n: number, fresh: boolean): Buffer {
     if (e.src === SRC_HOLE) return Buffer.alloc(n);
     if (e.src === SRC_FRAGMENT) {
-      const b = this.img.readPacked(e.pa + (cur - e.la), n);
+      // A fragment read that comes back into this same file (the packed inode claiming a
+      // fragment of itself) would recurse forever: the kernel refuses it as corruption.
+      if (this.inFragmentRead || fragmentDepth >= MAX_FRAGMENT_DEPTH) {
+        throw eio(this.nid, 'fragment refers back into its own file (packed inode)');
+      }
+      this.inFragmentRead = true;
+      fragmentDepth++;
+      let b: Buffer;
+      try {
+        b = this.img.readPacked(e.pa + (cur - e.la), n);
+      } finally {
+        this.inFragmentRead = false;
+        fragmentDepth--;
+      }
       if (b.length !== n) throw eio(this.nid, 'short fragment read');
       return b;
     }
