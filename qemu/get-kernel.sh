@@ -48,7 +48,8 @@ if [ -z "${GUEST_KERNEL_NO_BACKPORTS:-}" ] &&
   pkg=$(resolve "${PRIV[@]}")
   [ -n "$pkg" ] && source="bookworm-backports" && OPTS=("${PRIV[@]}")
 else
-  echo "get-kernel: bookworm-backports unavailable (see $APT/update.log); falling back to host sources" >&2
+  [ -n "${GUEST_KERNEL_NO_BACKPORTS:-}" ] && echo "get-kernel: GUEST_KERNEL_NO_BACKPORTS set; using host sources" >&2 ||
+    echo "get-kernel: bookworm-backports unavailable (see $APT/update.log); falling back to host sources" >&2
 fi
 if [ -z "$pkg" ]; then
   pkg=$(resolve "${HOST[@]}")
