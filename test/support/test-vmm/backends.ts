@@ -111,7 +111,10 @@ export function startDaemon(o: DaemonOptions): Promise<Backend> {
   const args = [DAEMON_MAIN, 'serve', '--socket-path', socketPath, '--log-level', o.logLevel ?? 'info'];
   for (const img of o.images) args.push('--image', img);
   args.push(...(o.extraArgs ?? []));
-  return launch(process.execPath, args, socketPath, (e) => e.includes('listening'), 20_000);
+  // The `listening` line is logged at info; quieter levels rely on the socket file (and the
+  // front-end's connect retry).
+  const verbose = ['info', 'debug', 'trace'].includes(o.logLevel ?? 'info');
+  return launch(process.execPath, args, socketPath, (e) => !verbose || e.includes('listening'), 20_000);
 }
 
 /**
@@ -155,6 +158,11 @@ export function procFds(pid: number): string[] {
 /** Mapping lines of a process (/proc/PID/maps). */
 export function procMaps(pid: number): string[] {
   return fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => l.length > 0);
+}
+
+/** File-backed mappings (inode ≠ 0): guest RAM, image files, libraries; not the JS heap. */
+export function fileMaps(pid: number): string[] {
+  return procMaps(pid).filter((l) => { const f = l.split(/\s+/); return f[4] !== undefined && f[4] !== '0'; });
 }
 
 /** Mappings of memfds (the guest RAM a back-end maps) still present in a process. */

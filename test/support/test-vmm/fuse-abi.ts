@@ -54,7 +54,7 @@ export const Errno: Record<string, number> = {
   EPERM: 1, ENOENT: 2, EIO: 5, EBADF: 9, EAGAIN: 11, ENOMEM: 12, EACCES: 13, EFAULT: 14, EEXIST: 17,
   ENOTDIR: 20, EISDIR: 21, EINVAL: 22, ENFILE: 23, EMFILE: 24, EFBIG: 27, ENOSPC: 28, EROFS: 30,
   ERANGE: 34, ENAMETOOLONG: 36, ENOSYS: 38, ENOTEMPTY: 39, ELOOP: 40, ENODATA: 61, EOVERFLOW: 75,
-  EPROTO: 71, EOPNOTSUPP: 95, ENXIO: 6,
+  EPROTO: 71, EOPNOTSUPP: 95, ENXIO: 6, ESTALE: 116,
 };
 export function errnoName(n: number): string {
   for (const [k, v] of Object.entries(Errno)) if (v === n) return k;

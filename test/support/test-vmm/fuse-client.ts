@@ -151,8 +151,11 @@ export class FuseClient {
     return this.info;
   }
 
+  /** LOOKUP; a negative entry (nodeid 0, cacheable "no such name") reads as ENOENT, as in Linux. */
   async lookup(parent: bigint, name: string | Buffer): Promise<EntryOut> {
-    return parseEntry(await this.call(Op.LOOKUP, parent, [nameArg(name)], ENTRY_OUT_SIZE));
+    const e = parseEntry(await this.call(Op.LOOKUP, parent, [nameArg(name)], ENTRY_OUT_SIZE));
+    if (e.nodeid === 0n) throw new FuseError(2, Op.LOOKUP, parent);
+    return e;
   }
 
   /** Fire-and-forget on the high-priority queue, as the guest kernel does. */

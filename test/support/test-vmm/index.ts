@@ -29,3 +29,4 @@ export async function connectTestVmm(socketPath: string, opts: FrontendOptions &
   }
   return { vmm, client, close: () => vmm.close() };
 }
+export * from './hostile.js';
