@@ -15,21 +15,49 @@ function assertEio(fn: () => unknown, what: string): void {
   assert.throws(fn, (e: unknown) => e instanceof ErofsError && e.code === 'EIO', what);
 }
 
-/** Raw LZMA1 from liblzma (python3) with the first byte replaced by ~props: EROFS MicroLZMA. */
-function microLzma(data: Buffer, lc = 3, lp = 0, pb = 2, dictSize = 1 << 20, preset = 6): Buffer {
-  const script = `
-import lzma, sys
-d = sys.stdin.buffer.read()
-f = {'id': lzma.FILTER_LZMA1, 'preset': ${preset}, 'lc': ${lc}, 'lp': ${lp}, 'pb': ${pb}, 'dict_size': ${dictSize}}
-c = lzma.compress(d, format=lzma.FORMAT_RAW, filters=[f])
-assert c[0] == 0
-sys.stdout.buffer.write(bytes([~((${pb} * 5 + ${lp}) * 9 + ${lc}) & 255]) + c[1:])
-`;
-  return execFileSync('python3', ['-c', script], { input: data, maxBuffer: 1 << 30 });
+interface LzmaSpec {
+  lc?: number;
+  lp?: number;
+  pb?: number;
+  dictSize?: number;
 }
 
+/**
+ * Raw LZMA1 streams from liblzma (python3's lzma module, one process for all specs: starting
+ * python is slow) with the first byte replaced by ~props: the EROFS MicroLZMA form.
+ */
+function microLzmaMany(data: Buffer, specs: LzmaSpec[]): Buffer[] {
+  const script = `
+import lzma, sys, json, struct
+specs = json.loads(sys.argv[1])
+d = sys.stdin.buffer.read()
+for s in specs:
+    f = {'id': lzma.FILTER_LZMA1, 'preset': 6, 'lc': s['lc'], 'lp': s['lp'], 'pb': s['pb'], 'dict_size': s['dictSize']}
+    c = lzma.compress(d, format=lzma.FORMAT_RAW, filters=[f])
+    assert c[0] == 0
+    c = bytes([~((s['pb'] * 5 + s['lp']) * 9 + s['lc']) & 255]) + c[1:]
+    sys.stdout.buffer.write(struct.pack('<I', len(c)) + c)
+`;
+  const full = specs.map((s) => ({ lc: s.lc ?? 3, lp: s.lp ?? 0, pb: s.pb ?? 2, dictSize: s.dictSize ?? 1 << 20 }));
+  const out = execFileSync('python3', ['-c', script, JSON.stringify(full)], { input: data, maxBuffer: 1 << 30 });
+  const res: Buffer[] = [];
+  for (let p = 0; p < out.length; ) {
+    const n = out.readUInt32LE(p);
+    res.push(out.subarray(p + 4, p + 4 + n));
+    p += 4 + n;
+  }
+  assert.equal(res.length, specs.length, 'python3 produced every LZMA vector');
+  return res;
+}
+
+function microLzma(data: Buffer, spec: LzmaSpec = {}): Buffer {
+  return microLzmaMany(data, [spec])[0];
+}
+
+/** zstd CLI; like mkfs.erofs's frames, they carry the content size unless told otherwise. */
 function zstdCli(data: Buffer, args: string[]): Buffer {
-  return execFileSync('zstd', ['-q', '-c', ...args, '-'], { input: data, maxBuffer: 1 << 30 });
+  const size = args.includes('--no-content-size') ? [] : [`--stream-size=${data.length}`];
+  return execFileSync('zstd', ['-q', '-c', ...size, ...args, '-'], { input: data, maxBuffer: 1 << 30 });
 }
 
 const DATA = sampleData(300_000, 7);
@@ -116,8 +144,10 @@ test('deflate: raw streams from zlib, exact and partial', () => {
 });
 
 test('zstd: frames from the zstd CLI (levels, checksum, multi-frame), partial', () => {
-  for (const args of [['-1'], ['-19'], ['-3', '--no-check'], ['-1', '--no-content-size']]) {
+  for (const args of [['-1'], ['-19'], ['-3', '--no-check'], ['-1', '--no-content-size'], ['-3', '--no-content-size', '--no-check']]) {
     const c = zstdCli(DATA, args);
+    const fhd = c[4];
+    assert.equal((fhd >> 6) !== 0 || (fhd & 0x20) !== 0, !args.includes('--no-content-size'), 'content size flag');
     assert.deepEqual(decompress('zstd', c, DATA.length), DATA, args.join(' '));
     for (const n of [1, 1000, 131073, DATA.length - 1]) {
       assert.deepEqual(decompress('zstd', c, n, { partial: true }), DATA.subarray(0, n));
@@ -130,6 +160,11 @@ test('zstd: frames from the zstd CLI (levels, checksum, multi-frame), partial', 
   const b = DATA.subarray(100_000);
   const two = Buffer.concat([zstdCli(a, ['-3']), zstdCli(b, ['-3'])]);
   assert.deepEqual(decompress('zstd', two, DATA.length), DATA, 'two frames');
+  assert.deepEqual(decompress('zstd', two, 150_000, { partial: true }), DATA.subarray(0, 150_000), 'two frames, partial');
+  const twoStreamed = Buffer.concat([zstdCli(a, ['-3', '--no-content-size']), zstdCli(b, ['-3', '--no-content-size'])]);
+  assert.deepEqual(decompress('zstd', twoStreamed, DATA.length), DATA, 'two frames without content size');
+  // Single-segment frames with a content size smaller than outLen: a short stream.
+  assertEio(() => decompress('zstd', zstdCli(a, ['-3']), a.length + 1, { partial: true }), 'content size < outLen');
   // Trailing garbage after a complete frame is ignored (the kernel stops when the output is full).
   const tail = Buffer.concat([zstdCli(a, ['-3']), Buffer.from('garbage!')]);
   assert.deepEqual(decompress('zstd', tail, a.length), a);
@@ -142,33 +177,31 @@ test('zstd: frames from the zstd CLI (levels, checksum, multi-frame), partial', 
 });
 
 test('lzma: MicroLZMA built from liblzma raw LZMA1, several lc/lp/pb, partial', () => {
-  for (const [lc, lp, pb] of [[3, 0, 2], [0, 0, 0], [1, 3, 4], [4, 0, 0], [0, 4, 1]]) {
-    const c = microLzma(DATA, lc, lp, pb);
+  const specs = [[3, 0, 2], [0, 0, 0], [1, 3, 4], [4, 0, 0], [0, 4, 1]];
+  const streams = microLzmaMany(DATA, specs.map(([lc, lp, pb]) => ({ lc, lp, pb })));
+  specs.forEach(([lc, lp, pb], k) => {
+    const c = streams[k];
     assert.deepEqual(decompress('lzma', c, DATA.length, { dictSize: 1 << 20 }), DATA, `lc${lc} lp${lp} pb${pb}`);
     for (const n of [1, 1000, DATA.length - 1]) {
       assert.deepEqual(decompress('lzma', c, n, { partial: true }), DATA.subarray(0, n));
     }
     assertEio(() => decompress('lzma', c, DATA.length + 1), 'end marker before outLen');
-  }
-  const small = microLzma(Buffer.from('hello, hello, hello erofs'), 3, 0, 2, 4096);
+  });
+  // A truncated stream is corrupt.
+  assertEio(() => decompress('lzma', streams[0].subarray(0, streams[0].length >> 1), DATA.length), 'truncated');
+  const small = microLzma(Buffer.from('hello, hello, hello erofs'), { dictSize: 4096 });
   assert.equal(decompress('lzma', small, 25).toString(), 'hello, hello, hello erofs');
   // Distances beyond the configured dictionary are corrupt.
   const r = rng(5);
   const block = Buffer.alloc(65536);
   for (let i = 0; i < block.length; i++) block[i] = Math.floor(r() * 256);
   const far = Buffer.concat([block, block]);
-  const cf = microLzma(far, 3, 0, 2, 1 << 20);
+  const cf = microLzma(far);
   assert.deepEqual(decompress('lzma', cf, far.length, { dictSize: 1 << 20 }), far);
   assertEio(() => decompress('lzma', cf, far.length, { dictSize: 4096 }), 'distance beyond dictSize');
   // Properties beyond xz-embedded's limits (lc + lp > 4, pb > 4) are refused.
   assertEio(() => decompress('lzma', Buffer.from([~((0 * 5 + 1) * 9 + 4) & 255, 0, 0, 0, 0, 0]), 4), 'lc+lp>4');
   assertEio(() => decompress('lzma', Buffer.from([~225 & 255, 0, 0, 0, 0, 0]), 4), 'pb>4');
-  // A truncated stream is corrupt.
-  assertEio(() => decompress('lzma', c0(), DATA.length), 'truncated');
-  function c0(): Buffer {
-    const c = microLzma(DATA);
-    return c.subarray(0, c.length >> 1);
-  }
 });
 
 test('hostile input: random bytes, truncations and bit flips give EIO or outLen bytes, bounded', () => {
@@ -179,13 +212,14 @@ test('hostile input: random bytes, truncations and bit flips give EIO or outLen 
     zstd: zstdCli(plain, ['-3']),
     lzma: microLzma(plain),
   };
+  const zstdStreamed = zstdCli(plain, ['-3', '--no-content-size']);
   const r = rng(20261126);
   let outcomes = 0;
   const started = Date.now();
   for (const alg of Object.keys(samples) as CompressionAlgorithm[]) {
-    const good = samples[alg];
     const t0 = Date.now();
     for (let i = 0; i < 300; i++) {
+      const good = alg === 'zstd' && i % 2 === 1 ? zstdStreamed : samples[alg];
       let input: Buffer;
       const kind = i % 3;
       if (kind === 0) {

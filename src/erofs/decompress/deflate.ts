@@ -5,7 +5,7 @@
 // makes zlib refuse to produce more. Partial mode: the stream may continue past outLen (and the
 // input may stop mid-stream, as in the kernel's Z_SYNC_FLUSH loop). node:zlib's one-shot API
 // cannot stop at an output size without throwing away the output, so a longer stream is decoded
-// again with a larger (bounded) limit, and if even that is exceeded we decode the shortest input
+// again with larger (bounded) limits, and if even those are exceeded we decode the shortest input
 // prefix whose output covers outLen (binary search; each step bounded by outLen + 4 KiB, since
 // one more input byte yields at most 8 symbols × 258 bytes).
 
@@ -14,8 +14,8 @@ import { ErofsError } from '../api.js';
 
 /** Output growth per extra input byte is at most 8 matches of 258 bytes. */
 const MAX_OUT_PER_IN_BYTE = 8 * 258;
-/** Second-try limit for partial decoding, beyond outLen. */
-const PARTIAL_SLACK = 4 * 1024 * 1024;
+/** Further limits tried for partial decoding before the prefix search. */
+const partialCaps = (outLen: number): number[] => [2 * outLen + 128 * 1024, outLen + 4 * 1024 * 1024];
 
 function isTooLarge(e: unknown): boolean {
   return e instanceof RangeError || (e as { code?: string })?.code === 'ERR_BUFFER_TOO_LARGE';
@@ -48,7 +48,7 @@ export function deflateDecompress(src: Buffer, outLen: number, partial: boolean)
     return out;
   }
   // Partial decoding.
-  const caps = [outLen, outLen + PARTIAL_SLACK];
+  const caps = [outLen, ...partialCaps(outLen)];
   for (const cap of caps) {
     try {
       const out = inflateSync(src, cap);
