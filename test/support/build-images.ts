@@ -71,14 +71,16 @@ export function variant(name: string): ImageVariant {
   return v;
 }
 
-/** Builds (or reuses from the cache) one variant. Synchronous; atomic against concurrent runs. */
-export function buildImage(v: ImageVariant | string): BuiltImage {
+/**
+ * Builds (or reuses from the cache) one variant; `small` uses the small tree (same kinds of
+ * objects, far fewer bytes and entries). Synchronous; atomic against concurrent runs. */
+export function buildImage(v: ImageVariant | string, opts: { small?: boolean } = {}): BuiltImage {
   const vr = typeof v === 'string' ? variant(v) : v;
-  const tree = ensureTree(IMAGE_CACHE);
+  const tree = ensureTree(IMAGE_CACHE, opts);
   const key = crypto.createHash('sha256')
-    .update(JSON.stringify({ tree: TREE_VERSION, options: vr.options, exclude: vr.exclude ?? [], blobdev: !!vr.blobdev, mkfs: mkfsErofsVersion(), uuid: IMAGE_UUID }))
+    .update(JSON.stringify({ tree: TREE_VERSION, small: !!opts.small, options: vr.options, exclude: vr.exclude ?? [], blobdev: !!vr.blobdev, mkfs: mkfsErofsVersion(), uuid: IMAGE_UUID }))
     .digest('hex').slice(0, 16);
-  const base = path.join(IMAGE_CACHE, `${vr.name}-${key}`);
+  const base = path.join(IMAGE_CACHE, `${opts.small ? 'small-' : ''}${vr.name}-${key}`);
   const image = `${base}.erofs`;
   const blob = `${base}.blob`;
   const devices = vr.blobdev ? [blob] : [];

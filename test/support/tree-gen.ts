@@ -136,12 +136,16 @@ export interface TreeInfo {
 
 export const BIG_DIR = 'bigdir';
 export const BIG_DIR_ENTRIES = 10_000;
+export const SMALL_BIG_DIR_ENTRIES = 300;
 
 /**
  * Generates the tree into `dir` (which must not exist). Deterministic for a given TREE_VERSION.
  * Requires root (devices, chown), python3 and setfacl.
  */
-export function generateTree(dir: string): TreeInfo {
+export function generateTree(dir: string, opts: { small?: boolean } = {}): TreeInfo {
+  // small: the same kinds of objects in far fewer and smaller files (for corruption fuzzing,
+  // where every mutant is opened and walked completely).
+  const small = !!opts.small;
   const rng = new Rng(0xe50f5 + TREE_VERSION);
   const metas: Meta[] = [];
   const mtime = (): [number, number] => [1_500_000_000 + rng.int(200_000_000), rng.int(1_000_000_000)];
@@ -184,8 +188,10 @@ export function generateTree(dir: string): TreeInfo {
   const sizes = [0, 1, 2, 15, 100, 511, 512, 513, 1000, 2047, 2048, 3000, 4000, 4095, 4096, 4097,
     5000, 8191, 8192, 8193, 12289, 16384, 20000, 32767, 32768, 65535, 65536, 65537, 100_000,
     131_071, 131_072, 131_073, 200_000, 262_144, 300_001];
-  const patterns: Pattern[] = ['random', 'text', 'zeros', 'mixed', 'repeat'];
+  const patterns: Pattern[] = small ? ['random', 'text', 'mixed'] : ['random', 'text', 'zeros', 'mixed', 'repeat'];
+  const smallSizes = new Set([0, 1, 100, 4095, 4097, 8193, 65537, 200_000]);
   for (const size of sizes) {
+    if (small && !smallSizes.has(size)) continue;
     for (const pat of patterns) {
       if (size === 0 && pat !== 'zeros') continue;
       file(`sizes/${pat}-${size}`, content(rng, size, pat));
@@ -193,24 +199,27 @@ export function generateTree(dir: string): TreeInfo {
   }
   mkdir('large');
   const largeFile = 'large/mixed-3m';
-  file(largeFile, content(rng, 3 * 1024 * 1024 + 12_345, 'mixed'));
-  file('large/random-1m', content(rng, 1024 * 1024 + 1, 'random'));
-  file('large/text-2m', content(rng, 2 * 1024 * 1024 - 7, 'text'));
-  file('large/zeros-1m', content(rng, 1024 * 1024, 'zeros'));
-  file('large/repeat-1m', content(rng, 1024 * 1024 + 4096, 'repeat'));
+  file(largeFile, content(rng, small ? 300_000 : 3 * 1024 * 1024 + 12_345, 'mixed'));
+  if (!small) {
+    file('large/random-1m', content(rng, 1024 * 1024 + 1, 'random'));
+    file('large/text-2m', content(rng, 2 * 1024 * 1024 - 7, 'text'));
+    file('large/zeros-1m', content(rng, 1024 * 1024, 'zeros'));
+    file('large/repeat-1m', content(rng, 1024 * 1024 + 4096, 'repeat'));
+  }
   // Sparse: holes at the start, middle and end.
   const sparseFile = 'large/sparse';
   {
     const fd = fs.openSync(abs(sparseFile), 'w');
-    fs.writeSync(fd, content(rng, 5000, 'random'), 0, 5000, 1024 * 1024);
-    fs.writeSync(fd, content(rng, 70_000, 'text'), 0, 70_000, 3 * 1024 * 1024 + 100);
-    fs.ftruncateSync(fd, 5 * 1024 * 1024 + 17);
+    const mib = small ? 64 * 1024 : 1024 * 1024;
+    fs.writeSync(fd, content(rng, 5000, 'random'), 0, 5000, mib);
+    fs.writeSync(fd, content(rng, 70_000, 'text'), 0, 70_000, 3 * mib + 100);
+    fs.ftruncateSync(fd, 5 * mib + 17);
     fs.closeSync(fd);
     metas.push({ p: sparseFile, kind: 'file', mode: 0o640, uid: 0, gid: 0, mtime: mtime() });
   }
   {
     const fd = fs.openSync(abs('large/sparse-all-hole'), 'w');
-    fs.ftruncateSync(fd, 2 * 1024 * 1024);
+    fs.ftruncateSync(fd, small ? 100_000 : 2 * 1024 * 1024);
     fs.closeSync(fd);
     metas.push({ p: 'large/sparse-all-hole', kind: 'file', mode: 0o644, uid: 0, gid: 0, mtime: mtime() });
   }
@@ -281,7 +290,7 @@ export function generateTree(dir: string): TreeInfo {
   file('xattrs/big-value', content(rng, 5000, 'random'), { xattrs: { 'user.big': rng.fill(Buffer.alloc(1800)).toString('hex') } });
   {
     const many: Record<string, string> = {};
-    for (let i = 0; i < 40; i++) many[`user.many.${String(i).padStart(2, '0')}`] = hex(`value-${i}-${'v'.repeat(i)}`);
+    for (let i = 0; i < (small ? 12 : 40); i++) many[`user.many.${String(i).padStart(2, '0')}`] = hex(`value-${i}-${'v'.repeat(i)}`);
     file('xattrs/many', content(rng, 4096, 'text'), { xattrs: many });
   }
   file('xattrs/trusted', content(rng, 30, 'text'), {
@@ -293,7 +302,7 @@ export function generateTree(dir: string): TreeInfo {
   special('xattrs/fifo-with-xattr', 'fifo', { xattrs: { 'trusted.fifo': hex('f') } });
   special('xattrs/dev-with-xattr', 'chardev', { rdev: [10, 200], xattrs: { 'trusted.dev': hex('d') } });
   // The same xattr on many inodes: mkfs.erofs turns it into a shared xattr.
-  for (let i = 0; i < 30; i++) {
+  for (let i = 0; i < (small ? 6 : 30); i++) {
     file(`xattrs/shared-${String(i).padStart(2, '0')}`, content(rng, i * 37, 'text'), {
       xattrs: { 'user.shared': hex('deadbeef'), 'user.shared2': hex('common value two'), [`user.own${i}`]: hex(String(i)) },
     });
@@ -311,7 +320,7 @@ export function generateTree(dir: string): TreeInfo {
   // --- deep nesting
   let deep = 'deep';
   mkdir(deep);
-  for (let i = 0; i < 24; i++) {
+  for (let i = 0; i < (small ? 6 : 24); i++) {
     deep += `/level-${i}`;
     mkdir(deep);
     if (i % 5 === 0) file(`${deep}/file-${i}`, content(rng, 100 + i, 'text'));
@@ -332,7 +341,8 @@ export function generateTree(dir: string): TreeInfo {
 
   // --- the big directory: 10,000 entries of mixed kinds and name lengths
   mkdir(BIG_DIR);
-  for (let i = 0; i < BIG_DIR_ENTRIES; i++) {
+  const bigEntries = small ? SMALL_BIG_DIR_ENTRIES : BIG_DIR_ENTRIES;
+  for (let i = 0; i < bigEntries; i++) {
     const len = 1 + rng.int(40);
     const name = `e${String(i).padStart(5, '0')}-${'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(2).slice(0, len)}`;
     const p = `${BIG_DIR}/${name}`;
@@ -349,22 +359,22 @@ export function generateTree(dir: string): TreeInfo {
 
   for (const m of metas) if (m.xattrs === undefined) delete m.xattrs;
   execFileSync('python3', ['-c', PY_APPLY, dir], { input: JSON.stringify(metas), stdio: ['pipe', 'inherit', 'inherit'] });
-  return { dir, bigDir: BIG_DIR, bigDirEntries: BIG_DIR_ENTRIES, sparseFile, largeFile, longSymlink };
+  return { dir, bigDir: BIG_DIR, bigDirEntries: bigEntries, sparseFile, largeFile, longSymlink };
 }
 
 /**
  * The tree for TREE_VERSION under `parent`, generated once (atomically: a half-built tree is
  * never seen by a concurrent or later run).
  */
-export function ensureTree(parent: string): TreeInfo {
-  const dir = path.join(parent, `tree-v${TREE_VERSION}`);
-  const info = (): TreeInfo => ({ dir, bigDir: BIG_DIR, bigDirEntries: BIG_DIR_ENTRIES,
+export function ensureTree(parent: string, opts: { small?: boolean } = {}): TreeInfo {
+  const dir = path.join(parent, `tree-${opts.small ? 'small-' : ''}v${TREE_VERSION}`);
+  const info = (): TreeInfo => ({ dir, bigDir: BIG_DIR, bigDirEntries: opts.small ? SMALL_BIG_DIR_ENTRIES : BIG_DIR_ENTRIES,
     sparseFile: 'large/sparse', largeFile: 'large/mixed-3m', longSymlink: 'links/len-4095' });
   if (fs.existsSync(dir)) return info();
   fs.mkdirSync(parent, { recursive: true });
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   try {
-    generateTree(tmp);
+    generateTree(tmp, opts);
     try {
       fs.renameSync(tmp, dir);
     } catch (e) {

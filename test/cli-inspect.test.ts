@@ -1,0 +1,173 @@
+// `erofs-vfsd inspect`, spawned as the built CLI against the shared images (whose kernel view is
+// known): superblock summary, listings, stat, xattrs, fingerprints, --cat, --json, -R, --device,
+// and a one-line error with exit status 1 on corrupt or missing input.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { REPO_ROOT, SHARED_IMAGES, SCRATCH_DIR } from './support/paths.js';
+import { loadManifest, type Manifest } from './support/manifest.js';
+
+const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
+
+function inspect(...args: string[]): { status: number | null; stdout: Buffer; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, 'inspect', ...args], { maxBuffer: 64 << 20, timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
+}
+function ok(...args: string[]): string {
+  const r = inspect(...args);
+  assert.equal(r.status, 0, `inspect ${args.join(' ')} failed: ${r.stderr}`);
+  assert.equal(r.stderr, '', 'nothing on stderr on success');
+  return r.stdout.toString();
+}
+function json(...args: string[]): Record<string, any> { // eslint-disable-line @typescript-eslint/no-explicit-any
+  return JSON.parse(ok(...args, '--json')) as Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+const img = (name: string) => path.join(SHARED_IMAGES, `${name}.erofs`);
+const manifest = (name: string): Manifest => loadManifest(path.join(SHARED_IMAGES, `${name}.expected.json`));
+const children = (m: Manifest, dir: string) =>
+  Object.keys(m).filter((p) => p !== dir && (dir === '' ? !p.includes('/') : p.startsWith(`${dir}/`) && !p.slice(dir.length + 1).includes('/')))
+    .map((p) => (dir === '' ? p : p.slice(dir.length + 1))).sort();
+
+test('text summary: superblock fields by name, then the root listing', () => {
+  const out = ok(img('lz4'));
+  assert.match(out, /^block size: +4096$/m);
+  assert.match(out, /^features: +.*\bsb_csum\b.*\blz4_0padding\b/m);
+  assert.match(out, /^compression: +lz4$/m);
+  assert.match(out, /^inodes: +\d+$/m);
+  assert.match(out, /^blocks: +\d+$/m);
+  assert.match(out, /^uuid: +[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/m);
+  assert.match(out, /^build time: +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$/m);
+  const m = manifest('lz4');
+  for (const name of children(m, '')) {
+    const e = m[name]!;
+    assert.match(out, new RegExp(`^[-dlcbps][-rwxsStT]{9} +${e.nlink} +${e.uid} +${e.gid} .* ${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}( -> .*)?$`, 'm'), `root entry ${name}`);
+  }
+  const plain = ok(img('plain'));
+  assert.match(plain, /^compression: +none$/m);
+});
+
+test('--json: superblock, stat and listing agree with the kernel view', () => {
+  const m = manifest('plain');
+  const doc = json(img('plain'));
+  assert.equal(doc.superblock.blockSize, 4096);
+  assert.ok(Array.isArray(doc.superblock.features) && doc.superblock.features.includes('sb_csum'));
+  assert.deepEqual(doc.superblock.compressionAlgorithms, []);
+  assert.ok(doc.superblock.inodes > 0 && doc.superblock.blocks > 0);
+  assert.equal(doc.stat.type, 'dir');
+  assert.equal(doc.stat.mode, m['']!.mode);
+  const listing = doc.directories[0];
+  assert.equal(listing.path, '/');
+  assert.deepEqual(listing.entries.map((e: { name: string }) => e.name).sort(), children(m, ''));
+  for (const e of listing.entries) {
+    const want = m[e.name]!;
+    assert.equal(e.type, want.type, e.name);
+    assert.equal(e.mode, want.mode, e.name);
+    assert.equal(e.uid, want.uid, e.name);
+    assert.equal(e.nlink, want.nlink, e.name);
+    assert.equal(BigInt(e.mtime.sec) * 1_000_000_000n + BigInt(e.mtime.nsec), BigInt(want.mtime_ns), e.name);
+    if (want.type === 'file') assert.equal(e.size, want.size, e.name);
+    if (want.target !== undefined) assert.equal(e.target, want.target, e.name);
+    if (want.rdev) assert.deepEqual(e.rdev, want.rdev, e.name);
+  }
+});
+
+test('stat of files, symlinks and devices; xattrs as the kernel lists them', () => {
+  const m = manifest('plain');
+  const pick = (pred: (p: string) => boolean) => Object.keys(m).find(pred);
+  const withXattrs = pick((p) => m[p]!.type === 'file' && !!m[p]!.xattrs && Object.keys(m[p]!.xattrs!).length > 1)!;
+  const symlink = pick((p) => m[p]!.type === 'symlink')!;
+  const dev = pick((p) => m[p]!.type === 'chardev' || m[p]!.type === 'blockdev')!;
+  assert.ok(withXattrs && symlink && dev, 'the shared image has xattrs, symlinks and devices');
+
+  const st = json(img('plain'), withXattrs).stat;
+  const want = m[withXattrs]!;
+  assert.equal(st.path, `/${withXattrs}`);
+  assert.equal(st.size, want.size);
+  assert.equal(st.nlink, want.nlink);
+  assert.deepEqual(Object.fromEntries(st.xattrs.map((x: { name: string; value: string }) => [x.name, x.value])), want.xattrs);
+  const text = ok(img('plain'), withXattrs);
+  for (const name of Object.keys(want.xattrs!)) assert.match(text, new RegExp(`^  ${name.replace(/\./g, '\\.')} = `, 'm'));
+  assert.match(text, new RegExp(`^size: +${want.size}$`, 'm'));
+
+  assert.equal(json(img('plain'), symlink).stat.target, m[symlink]!.target);
+  assert.match(ok(img('plain'), symlink), new RegExp(`^target: +${m[symlink]!.target!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+  assert.deepEqual(json(img('plain'), dev).stat.rdev, m[dev]!.rdev);
+  assert.match(ok(img('plain'), dev), new RegExp(`^rdev: +${m[dev]!.rdev!.join(':')}$`, 'm'));
+});
+
+test('fingerprints: the digest xattr of every file equals sha256 of its content', () => {
+  for (const name of ['digest-plain-a', 'digest-lz4-a']) {
+    const m = manifest(name);
+    const files = Object.keys(m).filter((p) => m[p]!.type === 'file').slice(0, 8);
+    assert.ok(files.length > 0);
+    for (const f of files) {
+      assert.equal(json(img(name), f).stat.fingerprint, `sha256:${m[f]!.sha256}`, `${name}:${f}`);
+      assert.match(ok(img(name), f), new RegExp(`^fingerprint: +sha256:${m[f]!.sha256}$`, 'm'));
+    }
+  }
+  assert.equal(json(img('plain'), Object.keys(manifest('plain')).find((p) => manifest('plain')[p]!.type === 'file')!).stat.fingerprint, null);
+});
+
+test('--cat streams exact content (plain, lz4, lz4hc big pclusters, chunked on an extra device)', () => {
+  const cases: [string, string[]][] = [['plain', []], ['lz4', []], ['lz4hc-bigpcluster', []], ['chunked-blobdev', ['--device', path.join(SHARED_IMAGES, 'chunked-blob.blob')]]];
+  for (const [name, extra] of cases) {
+    const m = manifest(name);
+    const files = Object.keys(m).filter((p) => m[p]!.type === 'file').sort((a, b) => (m[b]!.size ?? 0) - (m[a]!.size ?? 0));
+    for (const f of [files[0]!, files[files.length - 1]!, files[Math.floor(files.length / 2)]!]) {
+      const r = inspect(img(name), f, '--cat', ...extra);
+      assert.equal(r.status, 0, `${name}:${f}: ${r.stderr}`);
+      assert.equal(r.stdout.length, m[f]!.size, `${name}:${f} size`);
+      assert.equal(crypto.createHash('sha256').update(r.stdout).digest('hex'), m[f]!.sha256, `${name}:${f} content`);
+    }
+  }
+});
+
+test('-R lists every path below a directory', () => {
+  const m = manifest('plain');
+  const top = children(m, '').find((n) => m[n]!.type === 'dir' && Object.keys(m).some((p) => p.startsWith(`${n}/`) && p.slice(n.length + 1).includes('/')))!;
+  assert.ok(top, 'a directory with subdirectories');
+  const doc = json(img('plain'), top, '-R');
+  const listed = doc.directories.flatMap((d: { path: string; entries: { name: string }[] }) => d.entries.map((e) => `${d.path.slice(1)}/${e.name}`)).sort();
+  assert.deepEqual(listed, Object.keys(m).filter((p) => p.startsWith(`${top}/`)).sort());
+  const text = ok(img('plain'), top, '-R');
+  assert.ok(text.split('\n').filter((l) => /^\/.*: \d+ entr(y|ies)$/.test(l)).length >= 2, 'a header per directory');
+});
+
+test('corrupt or missing input: exit 1 and exactly one line on stderr', () => {
+  fs.mkdirSync(SCRATCH_DIR, { recursive: true });
+  const pristine = fs.readFileSync(img('lz4'));
+  const cases: [string, Buffer | null, string[]][] = [];
+  const badMagic = Buffer.from(pristine); badMagic.writeUInt32LE(0x12345678, 1024);
+  cases.push(['bad magic', badMagic, []]);
+  const badCsum = Buffer.from(pristine); badCsum[1024 + 0x30] ^= 0xff; // uuid byte: checksum no longer matches
+  cases.push(['bad checksum', badCsum, []]);
+  cases.push(['truncated', pristine.subarray(0, 1500), []]);
+  cases.push(['empty', Buffer.alloc(0), []]);
+  cases.push(['truncated data', pristine.subarray(0, Math.floor(pristine.length / 3)), ['-R']]);
+  cases.push(['missing path', pristine, ['/no/such/path']]);
+  cases.push(['path through a file', pristine, [`${Object.keys(manifest('lz4')).find((p) => manifest('lz4')[p]!.type === 'file')}/x`]]);
+  cases.push(['cat of a directory', pristine, ['/', '--cat']]);
+  for (const [what, bytes, args] of cases) {
+    const file = path.join(SCRATCH_DIR, `inspect-${what.replace(/ /g, '-')}.erofs`);
+    fs.writeFileSync(file, bytes!);
+    try {
+      for (const extra of [[], ['--json']]) {
+        const r = inspect(file, ...args, ...extra);
+        assert.equal(r.status, 1, `${what}: exit status (stderr: ${r.stderr})`);
+        const lines = r.stderr.split('\n');
+        assert.equal(lines.length, 2, `${what}: one line on stderr, got ${JSON.stringify(r.stderr)}`);
+        assert.equal(lines[1], '');
+        assert.match(lines[0]!, /^erofs-vfsd inspect: .+/, what);
+        assert.equal(r.stdout.length, 0, `${what}: nothing on stdout`);
+      }
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  }
+  const r = inspect(path.join(SCRATCH_DIR, 'does-not-exist.erofs'));
+  assert.equal(r.status, 1);
+  assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
+});
