@@ -400,8 +400,18 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
     assert.equal(served.length, 1);
     assert.equal(g.ram.toString('utf8', 0x12000, 0x12002), 'ok');
     assert.equal(g.ram.readUInt16LE(USED + 2), 1);
+    // A new kick fd for a running ring: the ring keeps running on it (and keeps its call fd).
+    const kick2 = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+    assert.equal(await fe.ack(Req.SET_VRING_KICK, u64(1), [kick2]), 0n);
+    offer(g.ram, 0);
+    native.eventfdWrite(kick2, 1);
+    for (let i = 0; i < 100 && served.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
+    fs.closeSync(kick2);
+    assert.equal(served.length, 2, 'served after the kick fd was replaced');
+    assert.equal(g.ram.readUInt16LE(USED + 2), 2);
+    assert.ok(native.eventfdRead(call)! >= 1n, 'call fd still notified');
     const base = await fe.call(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
-    assert.equal(base.readUInt32LE(4), 1, 'next avail index returned');
+    assert.equal(base.readUInt32LE(4), 2, 'next avail index returned');
     assert.equal(await fe.ack(Req.RESET_DEVICE), 0n);
   } finally {
     fs.closeSync(theirs);

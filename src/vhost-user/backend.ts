@@ -223,6 +223,7 @@ export class VhostUserBackend {
         const q = this.queue(a.index);
         if (!q.size) throw new ProtocolError(`SET_VRING_ADDR before SET_VRING_NUM on queue ${a.index}`);
         q.setAddr(a, this.memory);
+        if (q.kickFd >= 0 && !q.started && q.ready) q.start();
         return none;
       }
       case Req.GET_VRING_BASE: {
@@ -236,10 +237,10 @@ export class VhostUserBackend {
         const q = this.queue(Number(v & VRING_IDX_MASK));
         if (v & VRING_NOFD_MASK) throw new ProtocolError('polling mode (SET_VRING_KICK without fd) is not supported');
         const fd = VhostUserBackend.takeFd(msg);
-        if (q.started) q.stop();
         q.setKick(fd);
         if (!this.protocolNegotiated) q.enabled = true;
-        q.start();
+        // Started now, or by SET_VRING_ADDR if the addresses come later.
+        if (q.ready) q.start();
         this.log.debug({ queue: q.index, size: q.size, enabled: q.enabled }, 'queue started');
         return none;
       }

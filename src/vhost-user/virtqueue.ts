@@ -153,10 +153,15 @@ export class VirtQueue {
     return this.views !== null && this.kickFd >= 0;
   }
 
+  /** Sets (or replaces) the kick eventfd; a running ring keeps running on the new one. */
   setKick(fd: number): void {
     this.stopKickWatch();
-    if (this.kickFd >= 0) closeQuietly(this.kickFd);
+    if (this.kickFd >= 0 && this.kickFd !== fd) closeQuietly(this.kickFd);
     this.kickFd = fd;
+    if (this.started && fd >= 0) {
+      this.armKick();
+      this.scheduleProcess();
+    }
   }
 
   setCall(fd: number): void {
@@ -179,12 +184,18 @@ export class VirtQueue {
     this.broken = false;
     this.usedIdx = Atomics.load(this.views.usedIdx, 1);
     this.signalledValid = false;
+    this.armKick();
+    // Requests may already be waiting (e.g. after a reconnect or a late enable).
+    this.scheduleProcess();
+  }
+
+  private armKick(): void {
+    const fd = this.kickFd;
     try {
-      native.setNonblocking(this.kickFd, true);
+      native.setNonblocking(fd, true);
     } catch {
       /* not fatal: reads happen only when readable */
     }
-    const fd = this.kickFd;
     this.kickWatch = native.watch(fd, native.constants.READABLE, (_ev, err) => {
       if (err) {
         this.log.error({ queue: this.index, errno: err }, 'kick fd poll error');
@@ -200,8 +211,6 @@ export class VirtQueue {
       }
       this.process();
     });
-    // Requests may already be waiting (e.g. after a reconnect or a late enable).
-    this.scheduleProcess();
   }
 
   private stopKickWatch(): void {
