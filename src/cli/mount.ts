@@ -2,13 +2,13 @@
 // the foreground, so the real Linux FUSE client drives our server. SIGINT/SIGTERM unmount cleanly.
 import fs from 'node:fs';
 import path from 'node:path';
-import { pino } from 'pino';
 import { openImage } from '../erofs/index.js';
 import type { ErofsReader } from '../erofs/api.js';
 import { FuseServer } from '../fuse/server.js';
 import { DevFuseTransport } from '../fuse/dev-transport.js';
 import { ImageTree } from '../vfs/index.js';
 import { native, isNativeError } from '../native/index.js';
+import { createLogger } from '../daemon/logger.js';
 
 export interface MountArgs {
   image: string;
@@ -23,13 +23,9 @@ export interface MountArgs {
 
 const FSTYPE = 'fuse.erofs-vfsd';
 
-function makeLogger(level: string) {
-  return pino({ level, base: { pid: process.pid, name: 'erofs-vfsd' } }, pino.destination({ fd: 2, sync: true }));
-}
-
 /** Mounts, serves until unmounted or signalled, unmounts; resolves with the exit code. */
 export async function runMount(args: MountArgs): Promise<number> {
-  const log = makeLogger(args.logLevel ?? 'info');
+  const log = createLogger(args.logLevel ?? 'info');
   const mountpoint = path.resolve(args.mountpoint);
   let st: fs.Stats;
   try {

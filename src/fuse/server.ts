@@ -304,14 +304,14 @@ export class FuseServer {
         if (name.length === 0) return this.err(unique, Errno.EINVAL);
         if (name.length > 255) return this.err(unique, Errno.ERANGE);
         if (!fs.getxattr) return this.err(unique, Errno.ENOSYS);
-        const value = await fs.getxattr(ctx, ctx.nodeid, name.toString('latin1'));
+        const value = await fs.getxattr(ctx, ctx.nodeid, name.toString('utf8'));
         return this.sizedReply(unique, size, value);
       }
       case Opcode.LISTXATTR: {
         const size = c.u32();
         if (!fs.listxattr) return this.err(unique, Errno.ENOSYS);
         const names = await fs.listxattr(ctx, ctx.nodeid);
-        const list = Buffer.concat(names.map((n) => Buffer.from(n + '\0', 'latin1')));
+        const list = Buffer.concat(names.map((n) => Buffer.from(n + '\0', 'utf8')));
         return this.sizedReply(unique, size, list);
       }
       case Opcode.READDIR:
