@@ -12,7 +12,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { openImage, ErofsError } from '../src/erofs/index.js';
 import type { ErofsReader } from '../src/erofs/index.js';
-import { CompressedFile, PclusterCache, INCOMPAT_LZ4_0PADDING } from '../src/erofs/zmap.js';
+import { CompressedFile, PclusterCache, INCOMPAT_LZ4_0PADDING, INCOMPAT_BIG_PCLUSTER } from '../src/erofs/zmap.js';
 import type { CompressedFileContext, ZImageContext } from '../src/erofs/zmap.js';
 import { SHARED_IMAGES, SCRATCH_DIR } from './support/paths.js';
 import { loadManifest } from './support/manifest.js';
@@ -294,7 +294,7 @@ function memContext(opts: {
   return {
     image: {
       blkszbits: 12,
-      featureIncompat: INCOMPAT_LZ4_0PADDING,
+      featureIncompat: INCOMPAT_LZ4_0PADDING | INCOMPAT_BIG_PCLUSTER,
       availableAlgorithms: 0,
       algorithmConfigs: [],
       readData: bounded(opts.data),

@@ -441,6 +441,12 @@ export class CompressedFile {
       return;
     }
     this.algs = [h[6]! & 15, h[6]! >> 4];
+    if (this.algs[0] >= ALG_NAMES.length || this.algs[1] >= ALG_NAMES.length) {
+      throw new ErofsError('EOPNOTSUPP', `compressed inode ${this.nid}: unknown algorithm types 0x${h[6]!.toString(16)}`);
+    }
+    if (this.advise & (ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2) && !(this.img.featureIncompat & INCOMPAT_BIG_PCLUSTER)) {
+      throw eio(this.nid, 'per-inode big pcluster without the superblock feature');
+    }
     if (this.advise & ADVISE_FRAGMENT_PCLUSTER) {
       this.fragment = true;
       this.fragmentOff = h.readUInt32LE(0);
@@ -882,15 +888,15 @@ export class CompressedFile {
       if (!Number.isSafeInteger(off + this.size)) throw eio(this.nid, 'fragment offset out of range');
       return { la: lstart, llen: lend - lstart, src: SRC_FRAGMENT, pa: off, plen: 0, fmt: 0, partial: false };
     }
+    if (!plenRaw) return { la: lstart, llen: lend - lstart, src: SRC_HOLE, pa: 0, plen: 0, fmt: 0, partial: false };
     const plen = plenRaw & EXTENT_PLEN_MASK;
-    if (!plen) return { la: lstart, llen: lend - lstart, src: SRC_HOLE, pa: 0, plen: 0, fmt: 0, partial: false };
-    if (plen > PCLUSTER_MAX_SIZE) throw eio(this.nid, `pcluster of ${plen} bytes exceeds the maximum`);
+    if (!plen || plen > PCLUSTER_MAX_SIZE) throw eio(this.nid, `bad pcluster size ${plen}`);
     const f = plenRaw >>> EXTENT_PLEN_FMT_BIT;
     let fmt: number;
     if (f) {
       fmt = f - 1;
       this.checkAlg(fmt);
-    } else if (this.advise & ADVISE_INTERLACED_PCLUSTER && pa % this.bs === 0 && plen % this.bs === 0) {
+    } else if (this.advise & ADVISE_INTERLACED_PCLUSTER && pa % this.bs === 0) {
       fmt = FMT_INTERLACED;
     } else {
       fmt = FMT_SHIFTED;
