@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { native } from '../src/native/index.js';
 import { FakeGuest, MiniFrontEnd, dupFd } from './support/fake-guest.js';
 import {
+  BackendChannel,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
   GuestMemory,
@@ -423,4 +424,57 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
   assert.equal(countMaps(), mapsBefore, 'the back-end unmapped guest memory');
   g.close();
   assert.equal(countFds(), fdsBefore, 'no fd leaked');
+});
+
+test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure status, close rejects', async () => {
+  const [ours, theirs] = native.socketpair();
+  const ch = new BackendChannel(ours, true, silentLogger, 1000);
+  const memfd = native.memfdCreate('channel-test', C.MFD_CLOEXEC);
+  const buf = Buffer.alloc(512);
+  const readReq = async (): Promise<{ req: number; flags: number; payload: Buffer; fds: number[] }> => {
+    for (let i = 0; i < 200; i++) {
+      const r = native.recvmsg(theirs, buf);
+      if (r.bytes > 0) {
+        const f = new MessageFramer();
+        f.push(buf.subarray(0, r.bytes), r.fds);
+        const m = f.next()!;
+        return { req: m.request, flags: m.flags, payload: m.payload, fds: m.fds };
+      }
+      await new Promise((res) => setTimeout(res, 5));
+    }
+    throw new Error('no request');
+  };
+  const answer = (req: number, status: bigint): void => {
+    native.sendmsg(theirs, encodeMessage(req, VERSION | FLAG_REPLY, u64(status)));
+  };
+  try {
+    const p = ch.shmemMap({ shmid: 0, fdOffset: 0n, shmOffset: 0x200000n, len: 0x1000n, flags: 1n }, memfd);
+    const m = await readReq();
+    assert.equal(m.req, 9, 'SHMEM_MAP');
+    assert.ok(m.flags & FLAG_NEED_REPLY);
+    assert.equal(m.fds.length, 1, 'fd passed with the request');
+    assert.equal(decodeShmemMap(m.payload).shmOffset, 0x200000n);
+    fs.closeSync(m.fds[0]!);
+    answer(9, 0n);
+    assert.equal(await p, 0n);
+    const p2 = ch.fsUnmap([{ fdOffset: 0n, cacheOffset: 0n, len: 0x200000n, flags: 0n }]);
+    const m2 = await readReq();
+    assert.equal(m2.req, 7, 'FS_UNMAP');
+    assert.equal(m2.payload.length, 256);
+    answer(7, 1n);
+    assert.equal(await p2, 1n, 'failure status handed back');
+    const p3 = ch.shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: 0n, len: 0x1000n, flags: 0n });
+    await readReq();
+    fs.closeSync(theirs);
+    await assert.rejects(p3, /closed/);
+    await assert.rejects(ch.shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: 0n, len: 0x1000n, flags: 0n }), /closed/);
+  } finally {
+    ch.close();
+    fs.closeSync(memfd);
+    try {
+      fs.closeSync(theirs);
+    } catch {
+      /* closed above */
+    }
+  }
 });

@@ -196,6 +196,7 @@ export class VhostUserBackend {
           throw e;
         }
         this.replaceMemory(next, next.regions);
+        this.log.debug({ guestPhys: '0x' + d.guestPhys.toString(16), size: '0x' + d.size.toString(16), regions: next.regions.length }, 'memory region added');
         return none;
       }
       case Req.REM_MEM_REG: {
@@ -204,6 +205,7 @@ export class VhostUserBackend {
         const r = this.memory.withoutRegion(d);
         if (!r) throw new ProtocolError(`REM_MEM_REG: no region at guest 0x${d.guestPhys.toString(16)} size 0x${d.size.toString(16)}`);
         this.replaceMemory(r.memory, r.memory.regions);
+        this.log.debug({ guestPhys: '0x' + d.guestPhys.toString(16), regions: r.memory.regions.length }, 'memory region removed');
         return none;
       }
       case Req.SET_VRING_NUM: {

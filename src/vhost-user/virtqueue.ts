@@ -310,7 +310,10 @@ export class VirtQueue {
         chain = this.parseChain(head, mem);
       } catch (e) {
         this.stats.dropped++;
-        this.log.error({ queue: this.index, head, err: e instanceof Error ? e.message : String(e) }, 'dropping bad descriptor chain');
+        // A hostile guest can send these forever: log the first few, then one in 1000.
+        if (this.stats.dropped <= 10 || this.stats.dropped % 1000 === 0) {
+          this.log.error({ queue: this.index, head, dropped: this.stats.dropped, err: e instanceof Error ? e.message : String(e) }, 'dropping bad descriptor chain');
+        }
         // Give a valid head back with nothing written so the guest's slot is not lost.
         if (head < this.size) this.publishUsed(head, 0);
         continue;
