@@ -155,6 +155,8 @@ test('guest memory: translation within bounds, across adjacent regions, and refu
     // Writes through a view land in the shared memory.
     mem.gpaSlices(0x100000 + 100, 3)[0]!.write('abc');
     assert.equal(g.ram.toString('utf8', 100, 103), 'abc');
+    // A region larger than its fd (touching it would SIGBUS) is refused.
+    assert.throws(() => g.memory([g.region(0, 8 * MiB)]), /fd, which has/);
     // Overlapping regions are refused and nothing stays mapped.
     assert.throws(() => g.memory([g.region(0, 2 * MiB), g.region(MiB, 2 * MiB)]), ProtocolError);
   } finally {

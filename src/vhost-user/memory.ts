@@ -46,6 +46,10 @@ export class MemoryRegion {
     }
     const c = native.constants;
     const total = Number(size + mmapOffset);
+    // Touching a mapping past the end of its file raises SIGBUS: refuse regions larger than
+    // their (regular or memfd) file up front.
+    const st = fs.fstatSync(fd);
+    if (st.isFile() && st.size < total) throw new ProtocolError(`memory region needs ${total} bytes of its fd, which has ${st.size}`);
     const mapping = native.mmap(fd, 0, total, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
     return new MemoryRegion(
       { guestPhys: Number(guestPhys), size: Number(size), userAddr: Number(userAddr), mmapOffset: Number(mmapOffset) },
