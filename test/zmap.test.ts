@@ -627,3 +627,31 @@ test('a packed inode whose fragment points into itself is EIO, not endless recur
   const ctx3 = memContext({ meta, data: Buffer.alloc(0), size: 5000, datalayout: 1, packed: Buffer.alloc(6000, 7) });
   assert.ok(new CompressedFile(ctx3).read(0, 5000).equals(Buffer.alloc(5000, 7)));
 });
+
+test('viewData (zero-copy pcluster input) gives the same bytes and is never handed out', () => {
+  const { ctx, content } = interlacedFixture();
+  const data = Buffer.alloc(4 * BS);
+  for (let a = 0; a < 4 * BS; a += BS) ctx.image.readData(a, BS).copy(data, a);
+  let views = 0;
+  const viewed: CompressedFileContext = {
+    ...ctx,
+    image: {
+      ...ctx.image,
+      cache: new PclusterCache(1 << 20),
+      viewData: (addr, len) => {
+        views++;
+        return data.subarray(addr, addr + len);
+      },
+      readData: () => {
+        throw new Error('readData must not be used when viewData answers');
+      },
+    },
+  };
+  const f = new CompressedFile(viewed);
+  const got = f.read(0, 10_000);
+  assert.ok(got.equals(content));
+  assert.equal(views, 3);
+  got.fill(0); // the caller owns its buffer: the image bytes and the cache are unaffected
+  assert.ok(f.read(0, 10_000).equals(content));
+  assert.ok(data.subarray(2 * BS, 3 * BS).some((b) => b !== 0));
+});

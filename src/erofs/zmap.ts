@@ -59,6 +59,13 @@ export interface ZImageContext {
    */
   readData(addr: number, len: number): Buffer;
   /**
+   * Optional zero-copy variant of readData: a read-only view of `len` bytes at `addr` when the
+   * device is memory-mapped, or undefined (then readData is used). Views are only handed to the
+   * decompressors (never cached or returned to callers), so they must merely stay valid until
+   * the call returns.
+   */
+  viewData?(addr: number, len: number): Buffer | undefined;
+  /**
    * Bytes `[offset, offset+len)` of the packed inode's content (fragments). Must throw
    * ErofsError('EIO') when there is no packed inode or the range is past its end.
    */
@@ -992,6 +999,13 @@ export class CompressedFile {
 
   /** Data-space bytes of one pcluster, through the image's sequential read-ahead window. */
   private readRaw(pa: number, plen: number): Buffer {
+    if (this.img.viewData) {
+      const v = this.img.viewData(pa, plen);
+      if (v) {
+        if (v.length !== plen) throw eio(this.nid, 'short pcluster view');
+        return v;
+      }
+    }
     const c = this.img.cache;
     const w = c.rawBuf;
     if (w && pa >= c.rawStart && pa + plen <= c.rawStart + w.length) {
