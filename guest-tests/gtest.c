@@ -16,6 +16,10 @@
  *   gtest sha FILE                   SHA-256 through read(2)
  *   gtest xattr PATH                 listxattr/getxattr with size probes; a missing name must
  *                                    give ENODATA
+ *   gtest hardlink A B               A and B are one inode (same st_ino/st_dev, nlink 2)
+ *   gtest rofs DIR                   every modification of DIR and DIR/file fails with EROFS and
+ *                                    changes nothing (read-only exports only: on a writable
+ *                                    export this test really tries to modify DIR)
  *
  * Each command except `manifest` prints exactly one JSON object on stdout (the init script
  * prefixes `GUESTTEST `). Exit status 0 = the test's own checks passed.
@@ -503,6 +507,62 @@ static int cmd_xattr(const char *path) {
   return ok ? 0 : 1;
 }
 
+
+/* ---------- hard links ---------- */
+static int cmd_hardlink(const char *a, const char *b) {
+  struct stat sa, sb;
+  int ea = lstat(a, &sa) < 0 ? errno : 0, eb = lstat(b, &sb) < 0 ? errno : 0;
+  int same = !ea && !eb && sa.st_ino == sb.st_ino && sa.st_dev == sb.st_dev;
+  int ok = same && sa.st_nlink == 2 && sb.st_nlink == 2;
+  printf("{\"test\":\"hardlink\",\"ok\":%s,\"same_inode\":%s,\"nlink\":[%lu,%lu],\"errno\":%d}\n", ok ? "true" : "false",
+         same ? "true" : "false", ea ? 0UL : (unsigned long)sa.st_nlink, eb ? 0UL : (unsigned long)sb.st_nlink, ea ? ea : eb);
+  return ok ? 0 : 1;
+}
+
+/* ---------- read-only export: every modification must fail with EROFS and change nothing ---------- */
+static int cmd_rofs(const char *dir) {
+  char file[4096], p[4096];
+  snprintf(file, sizeof file, "%s/file", dir);
+  struct stat before, after;
+  if (lstat(file, &before) < 0) { printf("{\"test\":\"rofs\",\"ok\":false,\"error\":\"lstat: %s\"}\n", strerror(errno)); return 1; }
+  int ok = 1, fd;
+  printf("{\"test\":\"rofs\",\"errno\":{");
+  int first = 1;
+#define TRY(name, expr) do { errno = 0; long r_ = (long)(expr); int e_ = r_ < 0 ? errno : 0; \
+    if (e_ != EROFS) { ok = 0; } printf("%s\"%s\":%d", first ? "" : ",", name, e_); first = 0; } while (0)
+  TRY("open_wronly", (fd = open(file, O_WRONLY)) >= 0 ? (close(fd), 0) : -1);
+  TRY("open_rdwr", (fd = open(file, O_RDWR)) >= 0 ? (close(fd), 0) : -1);
+  snprintf(p, sizeof p, "%s/gtest-new", dir);
+  TRY("create", (fd = open(p, O_CREAT | O_WRONLY | O_EXCL, 0644)) >= 0 ? (close(fd), 0) : -1);
+  snprintf(p, sizeof p, "%s/gtest-dir", dir);
+  TRY("mkdir", mkdir(p, 0755));
+  snprintf(p, sizeof p, "%s/gtest-fifo", dir);
+  TRY("mknod", mknod(p, S_IFIFO | 0644, 0));
+  snprintf(p, sizeof p, "%s/gtest-link", dir);
+  TRY("symlink", symlink("target", p));
+  snprintf(p, sizeof p, "%s/gtest-hard", dir);
+  TRY("link", link(file, p));
+  snprintf(p, sizeof p, "%s/gtest-renamed", dir);
+  TRY("rename", rename(file, p));
+  TRY("unlink", unlink(file));
+  TRY("chmod", chmod(file, 0600));
+  TRY("chown", chown(file, 1234, 1234));
+  TRY("truncate", truncate(file, 0));
+  TRY("utimes", utimensat(AT_FDCWD, file, NULL, 0));
+  TRY("setxattr", setxattr(file, "user.gtest", "v", 1, 0));
+  TRY("removexattr", removexattr(file, "user.a"));
+#undef TRY
+  int unchanged = lstat(file, &after) == 0 && after.st_size == before.st_size && after.st_mode == before.st_mode &&
+                  after.st_uid == before.st_uid && after.st_mtim.tv_sec == before.st_mtim.tv_sec &&
+                  after.st_mtim.tv_nsec == before.st_mtim.tv_nsec;
+  snprintf(p, sizeof p, "%s/gtest-new", dir);
+  int nothing_new = access(p, F_OK) < 0 && errno == ENOENT;
+  if (!unchanged || !nothing_new) ok = 0;
+  printf("},\"ok\":%s,\"unchanged\":%s,\"nothing_created\":%s}\n", ok ? "true" : "false", unchanged ? "true" : "false",
+         nothing_new ? "true" : "false");
+  return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 4 && !strcmp(argv[1], "manifest")) return cmd_manifest(argv[2], argv[3]);
   if (argc >= 3 && !strcmp(argv[1], "readdir")) return cmd_readdir(argv[2]);
@@ -511,7 +571,9 @@ int main(int argc, char **argv) {
   if (argc >= 4 && !strcmp(argv[1], "parallel")) return cmd_parallel(atoi(argv[2]), argc - 3, argv + 3);
   if (argc >= 3 && !strcmp(argv[1], "sha")) return cmd_sha(argv[2], argc >= 4 ? argv[3] : "sha");
   if (argc >= 3 && !strcmp(argv[1], "xattr")) return cmd_xattr(argv[2]);
+  if (argc >= 4 && !strcmp(argv[1], "hardlink")) return cmd_hardlink(argv[2], argv[3]);
+  if (argc >= 3 && !strcmp(argv[1], "rofs")) return cmd_rofs(argv[2]);
   fprintf(stderr, "usage: gtest manifest ROOT OUT | readdir DIR | mmap FILE | odirect FILE | "
-                  "parallel N FILE... | sha FILE [TEST] | xattr PATH\n");
+                  "parallel N FILE... | sha FILE [TEST] | xattr PATH | hardlink A B | rofs DIR\n");
   return 2;
 }

@@ -6,12 +6,14 @@
 # Environment (set by /init from the kernel command line, gt.* parameters):
 #   GT_MNT     mount point (default /mnt)          GT_TAG    virtio-fs tag (for the remount test)
 #   GT_ROOT    data root below the mount point for the targeted tests ("" = the mount itself)
-#   GT_TESTS   comma list: walk,readdir,mmap,odirect,parallel,xattr,remount (default: all)
+#   GT_TESTS   comma list: walk,readdir,mmap,odirect,parallel,xattr,hardlink,remount (default),
+#              plus rofs (every modification must fail with EROFS; only for read-only exports —
+#              on a writable export it really tries to modify xattr/)
 #   GT_OUTDIR  where bulk output goes (default /out)
 # The targeted tests use the layout of the generated test tree (test/support/qemu.ts):
 #   dir10k/ (10,000 entries), big/* (large files), xattr/file (several xattrs).
 GT_MNT=${GT_MNT:-/mnt}
-GT_TESTS=${GT_TESTS:-walk,readdir,mmap,odirect,parallel,xattr,remount}
+GT_TESTS=${GT_TESTS:-walk,readdir,mmap,odirect,parallel,xattr,hardlink,remount}
 GT_OUTDIR=${GT_OUTDIR:-/out}
 GT=${GT:-/guest-tests/gtest}
 mkdir -p "$GT_OUTDIR"
@@ -39,6 +41,8 @@ fi
 if want odirect; then run odirect odirect "$R/big/rand-3m"; fi
 if want parallel; then run parallel parallel 4 "$R"/big/* "$R/files/f0007" "$R/files/f0099"; fi
 if want xattr; then run xattr xattr "$R/xattr/file"; run xattr xattr "$R/xattr"; fi
+if want hardlink; then run hardlink hardlink "$R/hard/a" "$R/hard/b"; fi
+if want rofs; then run rofs rofs "$R/xattr"; fi
 if want remount; then
   drop
   before=$("$GT" sha "$R/big/rand-3m" remount-before)

@@ -14,13 +14,16 @@ import {
   prefixManifest, startErofsVfsd, startVirtiofsd, type Backend, type GuestFiles, type GuestRun,
 } from './support/qemu.js';
 
-const ALL_TESTS = ['walk', 'readdir', 'mmap', 'odirect', 'parallel', 'xattr', 'remount'];
+const ALL_TESTS = ['walk', 'readdir', 'mmap', 'odirect', 'parallel', 'xattr', 'hardlink', 'remount'];
+/** Only on read-only exports (on virtiofsd's writable tree it would really modify the tree). */
+const RO_TESTS = ['rofs'];
 
 let guest: GuestFiles;
 let tree: string;
 let expected: Manifest;
 const backends: Backend[] = [];
 const timings: string[] = [];
+const timingRecords: Array<Record<string, unknown>> = [];
 
 before(() => {
   fs.mkdirSync(QEMU_CACHE, { recursive: true });
@@ -32,6 +35,8 @@ before(() => {
 after(async () => {
   for (const b of backends) await b.stop();
   if (timings.length) console.log(`# qemu guest timings:\n# ${timings.join('\n# ')}`);
+  // for docs/benchmarks.md: guest-side tree-walk wall time per back-end
+  if (timingRecords.length) fs.writeFileSync(path.join(QEMU_CACHE, 'guest-timings.json'), `${JSON.stringify(timingRecords, null, 1)}\n`);
 });
 
 function failures(run: GuestRun): string {
@@ -47,6 +52,8 @@ function failures(run: GuestRun): string {
 function checkRun(run: GuestRun, want: Manifest, label: string, syntheticRoot = false): void {
   timings.push(`${label}: guest init at uptime ${String(run.byTest.get('boot')?.[0]?.uptime_s ?? '?')} s, first line after ${((run.bootMs ?? NaN) / 1000).toFixed(1)} s, ` +
     `QEMU wall ${(run.wallMs / 1000).toFixed(1)} s, walk ${String(run.byTest.get('walk')?.[0]?.ms ?? '?')} ms`);
+  timingRecords.push({ label, initUptimeS: run.byTest.get('boot')?.[0]?.uptime_s, firstLineMs: run.bootMs, qemuWallMs: run.wallMs,
+    walkMs: run.byTest.get('walk')?.[0]?.ms, kernel: guest.kernelVersion });
   assert.ok(run.done, `${label}: the guest did not finish\n${failures(run)}`);
   assert.equal(run.byTest.get('mount')?.[0]?.ok, true, `${label}: mount failed\n${failures(run)}`);
   for (const t of ALL_TESTS) assert.ok(run.byTest.has(t), `${label}: no result for guest test '${t}'\n${failures(run)}`);
@@ -78,6 +85,8 @@ function checkRun(run: GuestRun, want: Manifest, label: string, syntheticRoot = 
   assert.equal(od.sha256, Object.entries(want).find(([k]) => k.endsWith('big/rand-3m'))![1].sha256, `${label}: O_DIRECT sha256`);
   const xa = run.byTest.get('xattr')!;
   assert.equal(xa[0]!.count, 4, `${label}: xattr/file has user.a, user.bin, user.long, trusted.t`);
+  const hl = run.byTest.get('hardlink')![0]!;
+  assert.equal(hl.same_inode, true, `${label}: hard/a and hard/b are one inode`);
   const rm = run.byTest.get('remount')![0]!;
   assert.equal(rm.dir10k_after, 10000, `${label}: dir10k after remount`);
 }
@@ -108,23 +117,27 @@ test('C virtiofsd over the unpacked tree: guest tests pass and the guest sees th
 });
 
 /** Boots the guest against erofs-vfsd serving `images`; checks it and compares with virtiofsd. */
-async function runOurs(label: string, images: Array<{ name?: string; path: string }>, root?: string): Promise<GuestRun> {
+async function runOurs(label: string, images: Array<{ name?: string; path: string }>, opts: { root?: string; queues?: number } = {}): Promise<GuestRun> {
   assert.ok(reference, 'the virtiofsd reference run must pass first');
+  const { root, queues = 1 } = opts;
   const sock = path.join(QEMU_CACHE, `erofs-vfsd-${label}.sock`);
-  const b = await startErofsVfsd(images, sock);
+  const b = await startErofsVfsd(images, sock, ['--num-request-queues', String(queues)]);
   backends.push(b);
-  const run = await bootGuest(sock, { label: `erofs-vfsd-${label}`, tests: ALL_TESTS, root });
+  const run = await bootGuest(sock, { label: `erofs-vfsd-${label}`, tests: [...ALL_TESTS, ...RO_TESTS], root, queues });
   await b.stop();
   const want = root ? Object.fromEntries(images.flatMap((im) => Object.entries(prefixManifest(expected, im.name!)))) : expected;
   try {
     checkRun(run, want, `erofs-vfsd/${label}`, root !== undefined);
+    const ro = run.byTest.get('rofs')?.[0];
+    assert.ok(ro, `erofs-vfsd/${label}: no rofs result`);
+    assert.ok(Object.values(ro.errno as Record<string, number>).every((e) => e === 30), `erofs-vfsd/${label}: modifications must fail with EROFS: ${JSON.stringify(ro)}`);
   } catch (e) {
     (e as Error).message += `\n--- daemon log tail ---\n${b.log().split('\n').slice(-15).join('\n')}`;
     throw e;
   }
   // identical guest-visible results to C virtiofsd over the unpacked tree (the walk of a
   // multi-image export covers two trees, so only its targeted tests compare one to one)
-  const skip = root ? ['walk'] : [];
+  const skip = root ? ['walk', ...RO_TESTS] : RO_TESTS;
   assert.deepEqual(comparableResults(run, { root, skip }), comparableResults(reference!, { skip }),
     `erofs-vfsd/${label}: guest results differ from virtiofsd's`);
   return run;
@@ -142,7 +155,7 @@ test('erofs-vfsd, chunked image: same guest results as virtiofsd', async () => {
   await runOurs('chunked', [{ path: guestImage('chunked') }]);
 });
 
-test('erofs-vfsd, two-image export (a = plain, b = LZ4HC): both trees as subdirectories', async () => {
-  const run = await runOurs('two', [{ name: 'a', path: guestImage('plain') }, { name: 'b', path: guestImage('lz4hc') }], 'a');
+test('erofs-vfsd, two-image export (a = plain, b = LZ4HC) over 2 request queues: both trees as subdirectories', async () => {
+  const run = await runOurs('two', [{ name: 'a', path: guestImage('plain') }, { name: 'b', path: guestImage('lz4hc') }], { root: 'a', queues: 2 });
   assert.deepEqual(Object.keys(run.manifest!).filter((k) => !k.includes('/')).sort(), ['', 'a', 'b']);
 });
