@@ -7,7 +7,16 @@
 // ./decompress/index.js) and keeps decompressed pclusters in a byte-bounded LRU.
 //
 // Everything here is bounded: every index position is checked against the inode's index area,
-// pcluster sizes are capped, lookback/lookahead loops are bounded by the lcluster count.
+// pcluster sizes are capped (1 MiB encoded, 12 MiB decoded, as the kernel), lookback and
+// lookahead walks are bounded by the longest extent the kernel accepts, and fragment reads
+// cannot recurse into themselves. Corruption raises ErofsError('EIO') (unknown algorithms
+// 'EOPNOTSUPP').
+//
+// Reads decode whole extents (the bytes between one HEAD lcluster and the next, or one extent
+// record) and cache them, so sequential reads decode each pcluster once; an extent is found by
+// the kernel's lookback (z_erofs_map_blocks_fo) and its end by the lookahead
+// (z_erofs_get_extent_decompressedlen). Decoding is always "partial" (stop at the extent's
+// length), which is what the kernel does for dedupe partial references and harmless otherwise.
 
 import { ErofsError } from './api.js';
 import { decompress, type CompressionAlgorithm } from './decompress/index.js';
