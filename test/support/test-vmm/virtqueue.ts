@@ -112,7 +112,8 @@ export class Virtqueue {
    */
   submit(bufs: BufferSpec[], opts: { indirect?: boolean; timeoutMs?: number } = {}): Promise<UsedElem> {
     if (bufs.length === 0) return Promise.reject(new Error('empty chain'));
-    const indirect = (opts.indirect ?? false) && this.opts.indirect && bufs.length > 1;
+    // Chains longer than the ring go indirect when the device allows it (as Linux does).
+    const indirect = this.opts.indirect && bufs.length > 1 && ((opts.indirect ?? false) || bufs.length > this.size);
     const need = indirect ? 1 : bufs.length;
     if (need > this.size) return Promise.reject(new Error(`chain of ${need} descriptors exceeds queue size ${this.size}`));
     return new Promise<UsedElem>((resolve, reject) => {
