@@ -92,6 +92,23 @@ test('lz4: hand-made vectors (literals, overlapping matches, long lengths)', () 
   assertEio(() => decompress('lz4', Buffer.from([0x10, 0x61, 2, 0, 0x00]), 10), 'offset beyond output');
 });
 
+test('lz4: every short offset and length (overlapping copies)', () => {
+  for (let offset = 1; offset <= 9; offset++) {
+    for (let len = 4; len <= 70; len++) {
+      const lits = Buffer.from('ABCDEFGHI'.slice(0, offset));
+      const ml = len - 4;
+      const ext = ml >= 15 ? [ml - 15] : [];
+      const block = Buffer.concat([
+        Buffer.from([(offset << 4) | Math.min(ml, 15)]), lits, Buffer.from([offset, 0, ...ext, 0x10, 0x7a]),
+      ]);
+      const want = Buffer.alloc(offset + len + 1);
+      for (let i = 0; i < offset + len; i++) want[i] = lits[i % offset];
+      want[offset + len] = 0x7a;
+      assert.deepEqual(decompress('lz4', block, want.length), want, `offset ${offset} len ${len}`);
+    }
+  }
+});
+
 test('lz4: blocks from the lz4 CLI (fast and HC), full and partial decodes', () => {
   for (const level of [1, 12]) {
     const blocks = lz4CliBlocks(DATA, level);

@@ -15,6 +15,9 @@ function corrupt(msg: string): never {
 
 export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Buffer {
   const out = Buffer.allocUnsafe(outLen);
+  // Short copies move 4 bytes at a time through DataViews (unaligned access is fine there).
+  const odv = new DataView(out.buffer, out.byteOffset, outLen);
+  const sdv = new DataView(src.buffer, src.byteOffset, src.length);
   const srcLen = src.length;
   let ip = 0;
   let op = 0;
@@ -42,7 +45,9 @@ export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Bu
         n = outLen - op;
       }
       if (n < SHORT_COPY) {
-        for (let i = 0; i < n; i++) out[op + i] = src[ip + i];
+        let i = 0;
+        for (; i + 4 <= n; i += 4) odv.setUint32(op + i, sdv.getUint32(ip + i, true), true);
+        for (; i < n; i++) out[op + i] = src[ip + i];
       } else {
         src.copy(out, op, ip, ip + n);
       }
@@ -71,7 +76,10 @@ export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Bu
     }
     const from = op - offset;
     if (matchLen < SHORT_COPY) {
-      for (let i = 0; i < matchLen; i++) out[op + i] = out[from + i];
+      let i = 0;
+      // With offset >= 4 every 4-byte read covers bytes already written.
+      if (offset >= 4) for (; i + 4 <= matchLen; i += 4) odv.setUint32(op + i, odv.getUint32(from + i, true), true);
+      for (; i < matchLen; i++) out[op + i] = out[from + i];
       op += matchLen;
     } else if (offset === 1) {
       out.fill(out[from], op, op + matchLen);
