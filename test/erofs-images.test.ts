@@ -188,6 +188,22 @@ test('plainExtents map a plain file onto the image bytes; seek finds data and ho
   }
 });
 
+test('seek on compressed files: all data, the hole at EOF', () => {
+  const r = open('lz4');
+  try {
+    const big = r.lookup(r.rootNid, 'big')!;
+    const nid = r.lookup(big, 'text-3m')!;
+    const size = r.getAttr(nid).size;
+    assert.equal(r.seek(nid, 0, 'data'), 0);
+    assert.equal(r.seek(nid, 12345, 'data'), 12345);
+    assert.equal(r.seek(nid, 0, 'hole'), size);
+    assert.throws(() => r.seek(nid, size, 'hole'), (e: ErofsError) => e.code === 'ENXIO');
+    assert.equal(r.plainExtents(nid), undefined);
+  } finally {
+    r.close();
+  }
+});
+
 test('reads at arbitrary offsets equal slices of the whole file', () => {
   const r = open('chunked');
   try {

@@ -3,9 +3,9 @@
 // CompressedFile objects.
 //
 // Note to the zmap owner: we construct `new CompressedFile(ctx: CompressedFileContext)` and call
-// `read(offset, length): Buffer` (offset < size, length clamped to EOF by us). If the class
-// offers `mapExtent(offset): ZExtent` we use it for SEEK_DATA/SEEK_HOLE; otherwise a compressed
-// file is treated as all data.
+// `read(offset, length): Buffer` (offset < size, length clamped to EOF by us). For
+// SEEK_DATA/SEEK_HOLE we use `seek(offset, whence)` (-1 = none), else `mapExtent(offset)`;
+// without either a compressed file is treated as all data.
 import { ErofsError } from './api.js';
 import * as zmap from './zmap.js';
 import type { CompressedFileContext, ZExtent, ZImageContext } from './zmap.js';
@@ -24,6 +24,8 @@ export interface CompressedHost {
 interface CompressedFileLike {
   read(offset: number, length: number): Buffer;
   mapExtent?(offset: number): ZExtent;
+  /** Next data/hole offset at or after offset; -1 when none. */
+  seek?(offset: number, whence: 'data' | 'hole'): number;
 }
 type CompressedFileCtor = new (ctx: CompressedFileContext) => CompressedFileLike;
 
@@ -84,6 +86,12 @@ export class CompressedReader {
 
   seek(ino: Inode, offset: number, whence: 'data' | 'hole'): number {
     const f = this.file(ino);
+    if (typeof f.seek === 'function') {
+      const r = f.seek(offset, whence);
+      if (r < 0) throw new ErofsError('ENXIO', 'no data after offset');
+      if (!Number.isSafeInteger(r) || r < offset || r > ino.size) throw new ErofsError('EIO', `nid ${ino.nid}: bad seek result ${r}`);
+      return r;
+    }
     if (typeof f.mapExtent !== 'function') {
       if (whence === 'data') return offset;
       return ino.size;

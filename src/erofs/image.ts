@@ -111,6 +111,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   }
 
   private packedSrc?: ByteSource;
+  private inPacked = false;
   packedSource(): ByteSource {
     if (!this.packedSrc) {
       if (!this.sb.packedNid) throw new ErofsError('EIO', 'no packed inode');
@@ -120,7 +121,14 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
         size: ino.size,
         read: (pos: number, len: number) => {
           if (pos < 0 || len < 0 || pos + len > ino.size) throw new ErofsError('EIO', `packed inode: ${len} bytes at ${pos} out of range`);
-          return this.readInodeData(ino, pos, len);
+          // A fragment inside the packed inode itself would recurse forever.
+          if (this.inPacked) throw new ErofsError('EIO', 'packed inode refers to itself');
+          this.inPacked = true;
+          try {
+            return this.readInodeData(ino, pos, len);
+          } finally {
+            this.inPacked = false;
+          }
         },
       };
     }
@@ -184,7 +192,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       uid: i.uid,
       gid: i.gid,
       nlink: i.nlink,
-      size: i.type === 'chardev' || i.type === 'blockdev' || i.type === 'fifo' || i.type === 'socket' ? 0 : i.size,
+      size: i.size,
       mtimeSec: i.mtimeSec,
       mtimeNsec: i.mtimeNsec,
       rdev: i.rdev,
