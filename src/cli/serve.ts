@@ -35,19 +35,26 @@ export interface ImageSpec {
   name?: string;
   path: string;
   domain?: string;
+  /** Extra devices of a multi-device image (`,device=PATH`, repeatable). */
+  devices: string[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
 
-/** Parses `[NAME=]PATH[,domain=D]`. Unknown `,key=value` suffixes stay part of the path. */
+/**
+ * Parses `[NAME=]PATH[,domain=D][,device=BLOB]...`. Trailing `,key=value` parts with other keys
+ * stay part of the path.
+ */
 export function parseImageSpec(spec: string): ImageSpec {
   const parts = spec.split(',');
   let domain: string | undefined;
+  const devices: string[] = [];
   while (parts.length > 1) {
     const last = parts[parts.length - 1]!;
-    const m = /^domain=(.+)$/.exec(last);
+    const m = /^(domain|device)=(.+)$/.exec(last);
     if (!m) break;
-    domain = m[1];
+    if (m[1] === 'domain') domain = m[2];
+    else devices.unshift(m[2]!);
     parts.pop();
   }
   let rest = parts.join(',');
@@ -58,7 +65,7 @@ export function parseImageSpec(spec: string): ImageSpec {
     rest = rest.slice(eq + 1);
   }
   if (!rest) throw new Error(`--image '${spec}': no path`);
-  return { name, path: rest, domain };
+  return { name, path: rest, domain, devices };
 }
 
 function list<T>(v: T | T[] | undefined): T[] {
@@ -70,7 +77,7 @@ export function serveBuilder<T>(y: Argv<T>) {
     .option('socket-path', { type: 'string', array: true, describe: 'listen for the VMM on this Unix socket' })
     .option('fd', { type: 'number', describe: 'use this inherited socket fd (listening or connected)' })
     .option('print-capabilities', { type: 'boolean', describe: 'print the vhost-user back-end capabilities (JSON) and exit' })
-    .option('image', { type: 'string', array: true, describe: '[NAME=]PATH[,domain=D] of an EROFS image (repeatable)' })
+    .option('image', { type: 'string', array: true, describe: '[NAME=]PATH[,domain=D][,device=BLOB…] of an EROFS image (repeatable)' })
     .option('device', { type: 'string', array: true, describe: 'extra device (blob) of a multi-device image, in device table order (repeatable)' })
     .option('tag', { type: 'string', default: 'erofs', describe: 'virtio-fs mount tag' })
     .option('num-request-queues', { type: 'number', default: 1, describe: 'request queues offered (besides the high-priority queue)' })
@@ -124,7 +131,17 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   const specs = list(args.image).map(parseImageSpec);
   if (specs.length === 0) throw new Error('at least one --image is needed');
   const devices = list(args.device);
-  const readers = specs.map((s) => openImage(s.path, devices.length ? { devices } : undefined));
+  if (devices.length && specs.length > 1) throw new Error('--device is ambiguous with several images: use --image PATH,device=BLOB');
+  const readers: ErofsReader[] = [];
+  try {
+    for (const s of specs) {
+      const devs = s.devices.length ? s.devices : devices;
+      readers.push(openImage(s.path, devs.length ? { devices: devs } : undefined));
+    }
+  } catch (e) {
+    for (const r of readers) r.close();
+    throw e;
+  }
   const tree = new ImageTree({ images: specs.map((s, i) => ({ name: s.name ?? (specs.length > 1 ? path.basename(s.path).replace(/\.[^.]*$/, '') : undefined), reader: readers[i]! })), ...cacheOptions(args) });
   const sockets = list(args.socketPath);
   if (sockets.length > 1) throw new Error('one --socket-path per daemon for now');
