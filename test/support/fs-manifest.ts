@@ -117,3 +117,28 @@ export function manifestFromDirectory(dir: string, opts: DirectoryManifestOption
   });
   return m;
 }
+
+const PY_SEEKS = String.raw`
+import os, sys, json, errno
+qs = json.load(sys.stdin)
+out = []
+for path, off, whence in qs:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out.append(os.lseek(fd, off, os.SEEK_DATA if whence == 'data' else os.SEEK_HOLE))
+    except OSError as e:
+        out.append(errno.errorcode.get(e.errno, str(e.errno)))
+    finally:
+        os.close(fd)
+sys.stdout.write(json.dumps(out))
+`;
+
+/**
+ * lseek(SEEK_DATA / SEEK_HOLE) answers of the running kernel for many (file, offset, whence)
+ * queries in one python3 process: the resulting offset, or the errno name (e.g. 'ENXIO').
+ */
+export function kernelSeeks(queries: [file: string, offset: number, whence: 'data' | 'hole'][]): (number | string)[] {
+  if (queries.length === 0) return [];
+  const out = execFileSync('python3', ['-c', PY_SEEKS], { input: JSON.stringify(queries), maxBuffer: 1 << 26 });
+  return JSON.parse(out.toString('utf8')) as (number | string)[];
+}
