@@ -292,6 +292,23 @@ export class FuseClient {
     await this.call(Op.REMOVEMAPPING, 0n, [a.subarray(0, 8), a.subarray(8)], 0);
   }
 
+  /**
+   * Reads through the DAX window the way the Linux driver does: SETUPMAPPING of the 2 MiB
+   * range(s) holding [off, off+len) at window offset `moffset` (+ 2 MiB per further range), then
+   * plain loads from the window. The mappings stay in place (REMOVEMAPPING them when done).
+   */
+  async daxRead(fh: bigint, off: number, len: number, moffset = 0, rangeSize = 2 << 20): Promise<Buffer> {
+    const first = Math.floor(off / rangeSize) * rangeSize;
+    const parts: Buffer[] = [];
+    for (let r = first, m = moffset; r < off + len; r += rangeSize, m += rangeSize) {
+      await this.setupmapping(fh, r, rangeSize, m, 2n /* READ */);
+      const from = Math.max(off, r) - r;
+      const to = Math.min(off + len, r + rangeSize) - r;
+      parts.push(Buffer.from(this.vmm.daxView(m + from, to - from)));
+    }
+    return Buffer.concat(parts);
+  }
+
   // ---- helpers ---------------------------------------------------------------------------
   /** Resolves a '/'-separated path from the root (each LOOKUP adds one lookup reference). */
   async resolve(path: string): Promise<EntryOut & { lookups: bigint[] }> {
