@@ -6,7 +6,7 @@
 # Usage: qemu/run-guest.sh --socket SOCKET [--tag TAG] [--out OUT.img] [--queues N]
 #                          [--mem 512M] [--smp 2] [--guest DIR] [--timeout SECONDS]
 #                          [--print] [-- extra kernel command line words (gt.tests=…, gt.root=…)]
-# KVM is used when /dev/kvm is usable, TCG otherwise. Guest RAM is a shared memfd
+# KVM is used when /dev/kvm is usable, TCG otherwise (-cpu qemu64,-cx16: see qemu/README.md). Guest RAM is a shared memfd
 # (memory-backend-memfd,share=on + a NUMA node), which vhost-user requires.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -32,6 +32,10 @@ for f in vmlinuz initramfs.gz; do
   [ -s "$GUEST/$f" ] || { echo "run-guest: $GUEST/$f missing (run qemu/get-kernel.sh and qemu/build-initramfs.sh)" >&2; exit 2; }
 done
 
+# The uncompressed PVH-bootable vmlinux (get-kernel.sh) boots ~5-8 s faster under TCG than the
+# bzImage, which decompresses itself in the guest. GUEST_BOOT=bzimage forces the bzImage.
+KERNEL=$GUEST/vmlinuz
+if [ -s "$GUEST/vmlinux" ] && [ "${GUEST_BOOT:-}" != bzimage ]; then KERNEL=$GUEST/vmlinux; fi
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); fi
 args=(
   qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
@@ -39,7 +43,7 @@ args=(
   -nographic -nodefaults -no-reboot -serial stdio -monitor none
   -chardev "socket,id=vfs0,path=$SOCK"
   -device "vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES"
-  -kernel "$GUEST/vmlinuz" -initrd "$GUEST/initramfs.gz"
+  -kernel "$KERNEL" -initrd "$GUEST/initramfs.gz"
   -append "console=ttyS0 quiet panic=-1 gt.tag=$TAG $*"
 )
 if [ -n "$OUT" ]; then
