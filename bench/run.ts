@@ -5,6 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { benchReader, BENCH_DIR } from './reader.js';
+import { benchDecompress, decompressMarkdown } from './decompress.js';
+import { benchVhost } from './vhost.js';
 
 type Section = { name: string; run: (log: (s: string) => void) => Promise<{ markdown: string; raw: unknown }> };
 
@@ -31,6 +33,21 @@ const sections: Section[] = [
         ]),
       );
       return { markdown: `${md}\n\n${notes.map((n) => `- ${n}`).join('\n')}`, raw: rows };
+    },
+  },
+  {
+    name: 'decompress',
+    async run(log) {
+      log('decompress: every algorithm');
+      const rows = benchDecompress();
+      return { markdown: decompressMarkdown(rows), raw: rows.map(({ ...r }) => r) };
+    },
+  },
+  {
+    name: 'vhost',
+    async run(log) {
+      const { rows, notes, markdown } = await benchVhost(log);
+      return { markdown: `${markdown}\n\n${notes.map((n) => `- ${n}`).join('\n')}`, raw: rows };
     },
   },
 ];
