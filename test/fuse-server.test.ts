@@ -364,6 +364,33 @@ test('malformed requests get errno replies, never a throw', async () => {
   assert.equal((await lookup(1, 'hello.txt')).nodeid, e.nodeid);
 });
 
+test('nids outside the offset mapping get table-allocated ids that FORGET frees', async () => {
+  // Every nid of this reader lies beyond blocks * blockSize / 32: the fallback path.
+  const reader = new FakeReader(tree(), { rootNid: 2 ** 40 });
+  const fs = new ImageTree({ images: [{ reader }] });
+  const server = new FuseServer(fs);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid }, ...args)));
+  const e1 = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
+  const e2 = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
+  assert.equal(e1.nodeid, e2.nodeid, 'same id while referenced');
+  assert.ok(e1.nodeid >= 2 ** 52);
+  assert.equal((await call(Opcode.READ, e1.nodeid, readIn(0, 0, 5))).body.toString(), 'hello');
+  // Plain READDIR hands out ids without references: nothing accumulates.
+  const big = parseEntry((await call(Opcode.LOOKUP, 1, cstr('big'))).body);
+  const r = await call(Opcode.READDIR, big.nodeid, readIn(0, 0, 1 << 16));
+  assert.equal(parseDirents(r.body, false).length, 302);
+  assert.equal(fs.stats().dynamic, 2);
+  const rp = await call(Opcode.READDIRPLUS, big.nodeid, readIn(0, 0, 1 << 16));
+  const ents = parseDirents(rp.body, true).slice(2);
+  assert.equal(fs.stats().dynamic, 302);
+  for (const d of ents) assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: d.entry!.nodeid }, u64s(1))), null);
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: e1.nodeid }, u64s(2))), null);
+  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
+  assert.deepEqual(fs.stats(), { nodes: 1, handles: 0, dynamic: 0 });
+  assert.equal((await call(Opcode.GETATTR, e1.nodeid, u32s(0, 0), u64s(0))).error, -Errno.ESTALE, 'a forgotten table id is stale');
+});
+
 test('several images: synthetic root with one directory per image', async () => {
   const { call, lookup, fs } = await setup({ multi: true });
   const root = await readAll(call, 1, false, 4096);
