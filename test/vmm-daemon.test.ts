@@ -8,6 +8,7 @@ import path from 'node:path';
 import { SHARED_IMAGES } from './support/paths.js';
 import { diffManifests, loadManifest, type Manifest } from './support/manifest.js';
 import {
+  FLAG_NEED_REPLY, Req, memTable, u64, vringAddr, vringState,
   FuseError, HostileGuest, ProtoFeature, connectTestVmm, fileMaps, memfdMaps, procFds, procMaps, startDaemon, type Backend, type TestVmm,
 } from './support/test-vmm/index.js';
 
@@ -177,3 +178,44 @@ test('daemon: 20 guest reset cycles (RESET_DEVICE, new guest memory) leak no fds
     assert.ok(procMaps(pid).length - maps0 < 40, `mappings grew from ${maps0} to ${procMaps(pid).length}`);
   }, { requestQueues: 2 });
 });
+
+test('daemon: malformed vhost-user control messages are refused (or the connection dropped), never crash it', async () => {
+  const bogusRegion = { guestPhys: 0x1000n, size: 0x1000n, userAddr: 0x7000_0000_0000n, mmapOffset: 0n };
+  const cases: Array<[string, (t: TestVmm) => Promise<bigint | null>]> = [
+    ['unknown request 999', (t) => ack(t, 999, Buffer.alloc(8))],
+    ['SET_VRING_NUM for queue 200', (t) => ack(t, Req.SET_VRING_NUM, vringState(200, 64))],
+    ['SET_VRING_NUM of 3 (not a power of 2)', (t) => ack(t, Req.SET_VRING_NUM, vringState(1, 3))],
+    ['SET_VRING_NUM of 65536', (t) => ack(t, Req.SET_VRING_NUM, vringState(1, 65536))],
+    ['SET_VRING_ADDR outside the memory table', (t) => ack(t, Req.SET_VRING_ADDR, vringAddr(1, 0, 0x10n, 0x20n, 0x30n))],
+    ['SET_MEM_TABLE with 2 regions and no fd', (t) => ack(t, Req.SET_MEM_TABLE, memTable([bogusRegion, bogusRegion]))],
+    ['SET_MEM_TABLE claiming 1000 regions', (t) => {
+      const p = memTable([bogusRegion]); p.writeUInt32LE(1000, 0);
+      return ack(t, Req.SET_MEM_TABLE, p, [t.vmm.mem.fd]);
+    }],
+    ['truncated SET_VRING_ADDR payload', (t) => ack(t, Req.SET_VRING_ADDR, Buffer.alloc(5))],
+    ['SET_VRING_KICK for queue 99 with an fd', (t) => ack(t, Req.SET_VRING_KICK, u64(99), [t.vmm.queues[1]!.kickFd])],
+  ];
+  for (const [name, run] of cases) {
+    const t = await connectTestVmm(be.socketPath);
+    try {
+      let status: bigint | null;
+      try {
+        status = await run(t);
+      } catch {
+        status = null; // connection dropped by the back-end
+      }
+      assert.ok(status === null || status !== 0n, `${name}: accepted with status 0`);
+    } finally {
+      t.close();
+    }
+    assert.equal(be.proc.exitCode, null, `${name}: daemon exited; stderr:\n${be.stderr().slice(-2000)}`);
+  }
+  // Still serving a well-behaved front-end afterwards.
+  await connectedTo(async (t) => { assert.equal((await t.client.getattr(1n)).attr.nlink, expected['']!.nlink); });
+});
+
+/** Sends a request with NEED_REPLY; resolves with the back-end's status (null: no reply, socket closed). */
+async function ack(t: TestVmm, request: number, payload: Buffer, fds: number[] = []): Promise<bigint | null> {
+  const m = await t.vmm.raw(request, FLAG_NEED_REPLY, payload, fds, true);
+  return m && m.payload.length >= 8 ? m.payload.readBigUInt64LE(0) : null;
+}
