@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import zlib from 'node:zlib';
 import { openImage, ErofsError } from '../src/erofs/index.js';
 import type { ErofsReader } from '../src/erofs/index.js';
 import { CompressedFile, PclusterCache, INCOMPAT_LZ4_0PADDING, INCOMPAT_BIG_PCLUSTER } from '../src/erofs/zmap.js';
@@ -661,4 +662,33 @@ test('viewData (zero-copy pcluster input) gives the same bytes and is never hand
   got.fill(0); // the caller owns its buffer: the image bytes and the cache are unaffected
   assert.ok(f.read(0, 10_000).equals(content));
   assert.ok(data.subarray(2 * BS, 3 * BS).some((b) => b !== 0));
+});
+
+test('full indexes: HEAD2 lclusters use the second algorithm (DEFLATE) with its own big-pcluster bit', () => {
+  // lcn 0: HEAD1 (LZ4) [0, 6000); lcn 1: HEAD2 at 1904 (DEFLATE, 2 blocks via CBLKCNT on lcn 2)
+  // [6000, 16384) ... size 16384 = 4 lclusters: lcn 2 NONHEAD CBLKCNT 2, lcn 3 NONHEAD d0=2.
+  const content = sampleData(4 * BS, 61);
+  const data = Buffer.alloc(5 * BS);
+  lz4Padded(content.subarray(0, 6000)).copy(data, BS);
+  const d = zlib.deflateRawSync(content.subarray(6000));
+  assert.ok(d.length <= 2 * BS);
+  d.copy(data, 4 * BS - d.length); // 0padding for DEFLATE too: data ends at the pcluster's end
+  const meta = fullIndex(0x4 /* BIG_PCLUSTER_2 only */, [
+    { type: 1, clusterofs: 0, blkaddr: 1 },
+    { type: 3, clusterofs: 6000 - BS, blkaddr: 2 },
+    { type: 2, d0: 0x800 | 2, d1: 2 },
+    { type: 2, d0: 2, d1: 1 },
+  ]);
+  meta[6] = (2 << 4) | 0; // HEAD1 = lz4, HEAD2 = deflate
+  const ctx = memContext({ meta, data, size: 4 * BS, datalayout: 1 });
+  ctx.image.availableAlgorithms = 0b101;
+  const f = new CompressedFile(ctx);
+  assert.ok(f.read(0, 4 * BS).equals(content));
+  const e = f.mapExtent(3 * BS);
+  assert.deepEqual([e.logical, e.length, e.format, e.physical, e.physicalLength], [6000, 4 * BS - 6000, 2, 2 * BS, 2 * BS]);
+  assert.equal(f.mapExtent(10).physicalLength, BS); // HEAD1 without BIG_PCLUSTER_1: one block
+  // An algorithm the superblock does not declare is corruption.
+  ctx.image.availableAlgorithms = 0b001;
+  assert.throws(() => new CompressedFile({ ...ctx, image: { ...ctx.image, cache: new PclusterCache(1 << 20) } }).read(7000, 10),
+    (x: unknown) => x instanceof ErofsError && x.code === 'EIO');
 });
