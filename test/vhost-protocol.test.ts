@@ -480,3 +480,38 @@ test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure st
     }
   }
 });
+
+test('guest memory: a 6 GiB region is mapped in chunks; buffers crossing a chunk boundary are split', () => {
+  const GiB = 1024 * MiB;
+  const fd = native.memfdCreate('fake-guest-big', C.MFD_CLOEXEC);
+  try {
+    native.ftruncate(fd, 6 * GiB); // sparse: costs no memory
+    const mem = GuestMemory.fromTable([{ guestPhys: 0x100000000n, size: BigInt(6 * GiB - 0x1000), userAddr: 0x7f0000000000n, mmapOffset: 0x1000n }], [dupFd(fd)]);
+    try {
+      const gpa = (off: number): number => 0x100000000 + off;
+      // A buffer across the 1 GiB chunk boundary (file offset 1 GiB = region offset 1 GiB - 4 KiB).
+      const at = GiB - 0x1000 - 3;
+      const big = 4 * MiB;
+      const parts = mem.gpaSlices(gpa(at), big);
+      assert.equal(parts.length, 2, 'split at the end of the first chunk');
+      assert.equal(parts[0]!.length + parts[1]!.length, big);
+      let k = 0;
+      for (const p of parts) for (let i = 0; i < p.length; i++) p[i] = k++ & 0xff;
+      const whole = Buffer.alloc(big);
+      fs.readSync(fd, whole, 0, big, at + 0x1000);
+      assert.ok(whole.every((b, i) => b === (i & 0xff)), 'bytes land at the right file offsets');
+      const back = Buffer.alloc(8);
+      // Far above 4 GiB.
+      mem.gpaSlices(gpa(5 * GiB + 123), 5)[0]!.write('far!!');
+      fs.readSync(fd, back, 0, 5, 5 * GiB + 123 + 0x1000);
+      assert.equal(back.toString('utf8', 0, 5), 'far!!');
+      // Ring-sized contiguous views work anywhere, even across a chunk boundary.
+      assert.equal(mem.uvaView(0x7f0000000000n + BigInt(2 * GiB - 0x1000 - 100), 512 * 1024).length, 512 * 1024);
+      assert.throws(() => mem.gpaSlices(gpa(6 * GiB - 0x1000 - 2), 4), MemoryError, 'past the end');
+    } finally {
+      mem.retire();
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+});

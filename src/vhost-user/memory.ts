@@ -6,10 +6,8 @@ import { native } from '../native/index.js';
 import { MAX_MEM_SLOTS, ProtocolError, type MemRegionDesc } from './protocol.js';
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-/** Largest single region we map (Buffers index with numbers; 64 GiB is plenty for a VM slot). */
-const MAX_REGION = 64n * 1024n * 1024n * 1024n;
-/** Largest slice a Buffer view may have in one piece. */
-const MAX_VIEW = 0x7fffffff;
+/** Largest single region we map (1 TiB). */
+const MAX_REGION = 1024n * 1024n * 1024n * 1024n;
 
 export class MemoryError extends Error {
   constructor(message: string) {
@@ -18,19 +16,30 @@ export class MemoryError extends Error {
   }
 }
 
+/**
+ * Regions are mapped in chunks of CHUNK_STEP bytes (an ArrayBuffer cannot exceed 4 GiB here),
+ * each chunk extended by CHUNK_OVERLAP bytes into the next, so any range up to CHUNK_OVERLAP long
+ * (rings, indirect tables: at most 512 KiB) is contiguous in one chunk. Buffers crossing a chunk
+ * boundary are split like buffers crossing regions.
+ */
+const CHUNK_STEP = 1024 * 1024 * 1024;
+const CHUNK_OVERLAP = 2 * 1024 * 1024;
+
 export class MemoryRegion {
   readonly guestPhys: number;
   readonly size: number;
   readonly userAddr: number;
   readonly mmapOffset: number;
-  private mapping: ArrayBuffer | null;
+  private chunks: ArrayBuffer[] | null;
+  private readonly total: number;
 
-  private constructor(d: { guestPhys: number; size: number; userAddr: number; mmapOffset: number }, mapping: ArrayBuffer) {
+  private constructor(d: { guestPhys: number; size: number; userAddr: number; mmapOffset: number }, chunks: ArrayBuffer[]) {
     this.guestPhys = d.guestPhys;
     this.size = d.size;
     this.userAddr = d.userAddr;
     this.mmapOffset = d.mmapOffset;
-    this.mapping = mapping;
+    this.total = d.size + d.mmapOffset;
+    this.chunks = chunks;
   }
 
   /**
@@ -50,30 +59,52 @@ export class MemoryRegion {
     // their (regular or memfd) file up front.
     const st = fs.fstatSync(fd);
     if (st.isFile() && st.size < total) throw new ProtocolError(`memory region needs ${total} bytes of its fd, which has ${st.size}`);
-    const mapping = native.mmap(fd, 0, total, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED);
+    const chunks: ArrayBuffer[] = [];
+    try {
+      for (let start = 0; start < total; start += CHUNK_STEP) {
+        const len = Math.min(total, start + CHUNK_STEP + CHUNK_OVERLAP) - start;
+        chunks.push(native.mmap(fd, start, len, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED));
+      }
+    } catch (e) {
+      for (const ab of chunks) native.munmap(ab);
+      throw e;
+    }
     return new MemoryRegion(
       { guestPhys: Number(guestPhys), size: Number(size), userAddr: Number(userAddr), mmapOffset: Number(mmapOffset) },
-      mapping,
+      chunks,
     );
   }
 
   get mapped(): boolean {
-    return this.mapping !== null;
+    return this.chunks !== null;
+  }
+
+  /** Bytes from `offset` (region-relative, inside the region) that one view can cover. */
+  contiguous(offset: number): number {
+    const p = this.mmapOffset + offset;
+    const i = Math.floor(p / CHUNK_STEP);
+    const chunkEnd = Math.min(this.total, (i + 1) * CHUNK_STEP + CHUNK_OVERLAP);
+    return Math.min(this.size - offset, chunkEnd - p);
   }
 
   /** A view of [offset, offset+len) of this region (offset relative to the region start). */
   view(offset: number, len: number): Buffer {
-    if (!this.mapping) throw new MemoryError('memory region is unmapped');
-    if (offset < 0 || len < 0 || offset + len > this.size || len > MAX_VIEW) {
+    if (!this.chunks) throw new MemoryError('memory region is unmapped');
+    if (offset < 0 || len < 0 || offset + len > this.size) {
       throw new MemoryError(`range ${offset}+${len} outside region of ${this.size} bytes`);
     }
-    return Buffer.from(this.mapping, this.mmapOffset + offset, len);
+    const p = this.mmapOffset + offset;
+    const i = Math.floor(p / CHUNK_STEP);
+    const ab = this.chunks[i]!;
+    const at = p - i * CHUNK_STEP;
+    if (at + len > ab.byteLength) throw new MemoryError(`range ${offset}+${len} is not contiguous in our mapping`);
+    return Buffer.from(ab, at, len);
   }
 
   unmap(): void {
-    if (this.mapping) {
-      native.munmap(this.mapping);
-      this.mapping = null;
+    if (this.chunks) {
+      for (const ab of this.chunks) native.munmap(ab);
+      this.chunks = null;
     }
   }
 
@@ -192,7 +223,7 @@ export class GuestMemory {
       const r = this.findGpa(at);
       if (!r) throw new MemoryError(`guest address 0x${at.toString(16)} (+${left}) is outside guest memory`);
       const off = at - r.guestPhys;
-      const n = Math.min(left, r.size - off, MAX_VIEW);
+      const n = Math.min(left, r.contiguous(off));
       out.push(r.view(off, n));
       at += n;
       left -= n;
