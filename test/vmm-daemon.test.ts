@@ -9,7 +9,7 @@ import { SHARED_IMAGES } from './support/paths.js';
 import { diffManifests, loadManifest, type Manifest } from './support/manifest.js';
 import {
   FLAG_NEED_REPLY, Req, memTable, u64, vringAddr, vringState,
-  FuseError, HostileGuest, ProtoFeature, connectTestVmm, fileMaps, memfdMaps, procFds, procMaps, startDaemon, type Backend, type TestVmm,
+  FuseError, HostileGuest, ProtoFeature, connectTestVmm, fileMaps, startInProcessDaemon, memfdMaps, procFds, procMaps, startDaemon, type Backend, type TestVmm,
 } from './support/test-vmm/index.js';
 
 const IMAGE = path.join(SHARED_IMAGES, 'plain.erofs');
@@ -219,3 +219,18 @@ async function ack(t: TestVmm, request: number, payload: Buffer, fds: number[] =
   const m = await t.vmm.raw(request, FLAG_NEED_REPLY, payload, fds, true);
   return m && m.payload.length >= 8 ? m.payload.readBigUInt64LE(0) : null;
 }
+
+test('daemon in-process (startServe): walk equals plain.expected.json on a shared event loop', async () => {
+  const d = await startInProcessDaemon({ image: [IMAGE], numRequestQueues: 2 });
+  try {
+    const t = await connectTestVmm(d.socketPath, { requestQueues: 2 });
+    try {
+      const m = await t.client.walk({ concurrency: 8 });
+      assert.deepEqual(diffManifests(expected, m), []);
+    } finally {
+      t.close();
+    }
+  } finally {
+    await d.stop();
+  }
+});

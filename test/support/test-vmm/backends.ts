@@ -4,6 +4,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT, SCRATCH_DIR } from '../paths.js';
+import type { ServeArgs, ServeDaemon } from '../../../src/cli/serve.js';
 
 export const VIRTIOFSD = process.env.EROFS_VFSD_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
 export const DAEMON_MAIN = path.join(REPO_ROOT, 'dist/src/cli/main.js');
@@ -115,6 +116,34 @@ export function startDaemon(o: DaemonOptions): Promise<Backend> {
   // front-end's connect retry).
   const verbose = ['info', 'debug', 'trace'].includes(o.logLevel ?? 'info');
   return launch(process.execPath, args, socketPath, (e) => !verbose || e.includes('listening'), 20_000);
+}
+
+export interface InProcessDaemon {
+  socketPath: string;
+  daemon: ServeDaemon;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs our daemon inside this process (same code path as `serve`, via startServe): the test VMM
+ * and the back-end then share one event loop, so a blocking call in either shows up as a hang.
+ */
+export async function startInProcessDaemon(args: Omit<ServeArgs, 'socketPath'> & { socketPath?: string }): Promise<InProcessDaemon> {
+  // Loaded on demand so that driving virtiofsd never depends on the daemon's code.
+  const { startServe } = await import('../../../src/cli/serve.js');
+  const { createLogger } = await import('../../../src/daemon/logger.js');
+  const socketPath = args.socketPath ?? tempSocketPath('in-process');
+  const daemon = startServe({ reconnect: true, ...args, socketPath }, createLogger(args.logLevel ?? 'silent'));
+  return {
+    socketPath,
+    daemon,
+    async stop() {
+      daemon.stop('test done');
+      await daemon.done;
+      for (const r of daemon.readers) r.close();
+      fs.rmSync(socketPath, { force: true });
+    },
+  };
 }
 
 /**
