@@ -212,6 +212,31 @@ for (const [variant, fullWalk] of [['plain', true], ['chunked-blobdev', false]] 
 }
 
 
+test('SEEK_DATA/SEEK_HOLE reach the server: a null-chunk file is one hole through the mount', async () => {
+  // shared chunked.erofs stores big/zeros-1m as null chunks. The kernel's EROFS driver reports
+  // everything as data (generic llseek); our server answers from the block map, so a hole seen
+  // through the mount proves the LSEEK request made it to us and back.
+  const image = path.join(SHARED_IMAGES, 'chunked.erofs');
+  const fuse = await fuseMount(image);
+  try {
+    const rel = 'big/zeros-1m';
+    const m = seekMap(path.join(fuse.dir, rel));
+    assert.equal(m.size, 262144);
+    assert.deepEqual(m.runs, [], 'no data anywhere');
+    assert.equal(m.pastEof, os_strerror_ENXIO);
+    const hole0 = execFileSync('python3', ['-c', 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY); print(os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 4096, os.SEEK_HOLE))', path.join(fuse.dir, rel)], { encoding: 'utf8' }).trim();
+    assert.equal(hole0, '0 4096');
+    assert.ok(fs.readFileSync(path.join(fuse.dir, rel)).every((b) => b === 0));
+    // A file with data: one run covering the whole file.
+    const plainRel = 'big/mixed';
+    const pm = seekMap(path.join(fuse.dir, plainRel));
+    assert.deepEqual(pm.runs, [[0, pm.size]]);
+    assert.equal(await fuse.stop('SIGTERM'), 0, fuse.stderr());
+  } finally {
+    fuse.cleanup();
+  }
+});
+
 test('SIGINT unmounts cleanly even while a file is open (lazy unmount), exit 0', async () => {
   const img = buildImage('plain');
   const fuse = await fuseMount(img.path);
