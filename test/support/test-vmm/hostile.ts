@@ -34,7 +34,7 @@ export class HostileGuest {
   private readonly q: Virtqueue;
   private uniq = 0x7000_0000n;
 
-  constructor(private readonly vmm: VhostUserFrontend, queue = 1, private readonly timeoutMs = 400) {
+  constructor(private readonly vmm: VhostUserFrontend, queue = 1, private readonly timeoutMs = 1000) {
     const q = vmm.queues[queue];
     if (!q) throw new Error(`no queue ${queue}`);
     this.q = q;
@@ -84,14 +84,14 @@ export class HostileGuest {
    * Places `descs` in free ring slots (descs[0] is the head), publishes the head and reports
    * what came back. `reply` names the writable buffer holding fuse_out_header, if any.
    */
-  async chain(descs: RawDesc[], reply?: bigint, opts: { headOverride?: number } = {}): Promise<Outcome> {
+  async chain(descs: RawDesc[], reply?: bigint, opts: { headOverride?: number; timeoutMs?: number } = {}): Promise<Outcome> {
     const slots = this.q.rawDescs(descs.length);
     descs.forEach((d, i) => {
       const next = d.nextRaw ?? (d.next !== undefined ? slots[d.next]! : 0);
       this.q.writeDesc(slots[i]!, d.addr, d.len, d.flags, next);
     });
     const head = opts.headOverride ?? slots[0]!;
-    const used = await this.q.rawSubmit(head, opts.headOverride === undefined ? slots : [], this.timeoutMs);
+    const used = await this.q.rawSubmit(head, opts.headOverride === undefined ? slots : [], opts.timeoutMs ?? this.timeoutMs);
     if (!used) return { kind: 'dropped' };
     let error: number | null = null;
     let outLen: number | null = null;
@@ -115,7 +115,10 @@ export class HostileGuest {
   async run(name: string, build: () => { descs: RawDesc[]; reply?: bigint; headOverride?: number; expectErrno?: number }): Promise<CaseResult> {
     const before = this.clobberedBytes();
     const c = build();
-    const outcome = await this.chain(c.descs, c.reply, c.headOverride !== undefined ? { headOverride: c.headOverride } : {});
+    // A reply is due when an errno is expected: wait longer for it than for a drop.
+    const o: { headOverride?: number; timeoutMs?: number } = c.expectErrno !== undefined ? { timeoutMs: 10 * this.timeoutMs } : {};
+    if (c.headOverride !== undefined) o.headOverride = c.headOverride;
+    const outcome = await this.chain(c.descs, c.reply, o);
     const clobbered = this.clobberedBytes() - before;
     let ok = clobbered === 0;
     let why = clobbered ? `${clobbered} canary bytes changed` : '';

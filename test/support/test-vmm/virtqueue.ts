@@ -24,6 +24,8 @@ interface Waiter {
   resolve: (u: UsedElem) => void;
   reject: (e: Error) => void;
   timer?: NodeJS.Timeout;
+  /** Given up on by the driver; the device may still return it (a late completion, not an anomaly). */
+  timedOut?: boolean;
 }
 
 export interface VirtqueueOptions {
@@ -52,6 +54,8 @@ export class Virtqueue {
   /** Number of chains completed (used entries consumed). */
   completed = 0;
   kicks = 0;
+  /** Chains returned after the driver stopped waiting for them. */
+  lateCompletions = 0;
 
   constructor(
     private readonly mem: GuestMemory,
@@ -136,8 +140,8 @@ export class Virtqueue {
         if (table !== undefined) w.indirect = table;
         if (opts.timeoutMs) {
           w.timer = setTimeout(() => {
-            // The chain stays owned by the device; its descriptors are leaked on purpose.
-            this.waiters.delete(head);
+            // The chain stays owned by the device until (if ever) it comes back.
+            w.timedOut = true;
             reject(new Error(`request on queue ${this.index} timed out after ${opts.timeoutMs} ms`));
           }, opts.timeoutMs);
         }
@@ -163,7 +167,7 @@ export class Virtqueue {
   rawSubmit(head: number, owned: number[], timeoutMs: number): Promise<UsedElem | null> {
     return new Promise((resolve) => {
       const w: Waiter = { descs: owned, resolve, reject: () => resolve(null) };
-      w.timer = setTimeout(() => { this.waiters.delete(head); resolve(null); }, timeoutMs);
+      w.timer = setTimeout(() => { w.timedOut = true; resolve(null); }, timeoutMs);
       this.waiters.set(head, w);
       this.publish(head);
     });
@@ -214,7 +218,8 @@ export class Virtqueue {
         if (w.timer) clearTimeout(w.timer);
         if (w.indirect !== undefined) this.mem.free(w.indirect);
         this.free.push(...w.descs);
-        w.resolve({ id, len });
+        if (w.timedOut) this.lateCompletions++;
+        else w.resolve({ id, len });
       }
       if (this.opts.eventIdx) this.availView().writeUInt16LE(this.lastUsed, 4 + 2 * this.size);
       // Re-check after publishing used_event: the device may have added entries meanwhile.
@@ -228,7 +233,7 @@ export class Virtqueue {
 
   /** Fails every pending request (connection lost / reset). */
   failAll(err: Error): void {
-    for (const [, w] of this.waiters) { if (w.timer) clearTimeout(w.timer); w.reject(err); }
+    for (const [, w] of this.waiters) { if (w.timer) clearTimeout(w.timer); if (!w.timedOut) w.reject(err); }
     this.waiters.clear();
     const bl = this.backlog.splice(0);
     this.closed = true;
