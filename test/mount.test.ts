@@ -32,19 +32,25 @@ async function withBoth<T>(image: string, devices: string[], fn: (fuse: FuseMoun
   }
 }
 
-/** path → st_ino groups (sets of paths sharing an inode), as sorted path lists. */
-function inodeGroups(dir: string): string[][] {
+/**
+ * What the manifest leaves out: st_ino identity (sets of paths sharing an inode, as sorted path
+ * lists) and st_blocks/st_blksize per path.
+ */
+function statExtras(dir: string): { groups: string[][]; blocks: Record<string, string> } {
   const byIno = new Map<bigint, string[]>();
+  const blocks: Record<string, string> = {};
   const walk = (rel: string) => {
     const abs = path.join(dir, rel);
     const st = fs.lstatSync(abs, { bigint: true });
     const list = byIno.get(st.ino) ?? [];
     list.push(rel);
     byIno.set(st.ino, list);
+    blocks[rel] = `${st.blocks}/${st.blksize}`;
     if (st.isDirectory()) for (const n of fs.readdirSync(abs)) walk(path.join(rel, n));
   };
   walk('');
-  return [...byIno.values()].map((l) => l.sort()).filter((l) => l.length > 1).sort((a, b) => (a[0]! < b[0]! ? -1 : 1));
+  const groups = [...byIno.values()].map((l) => l.sort()).filter((l) => l.length > 1).sort((a, b) => (a[0]! < b[0]! ? -1 : 1));
+  return { groups, blocks };
 }
 
 function compareTrees(fuseDir: string, loopDir: string, expectedFile?: string) {
@@ -57,7 +63,12 @@ function compareTrees(fuseDir: string, loopDir: string, expectedFile?: string) {
     const d2 = diffManifests(loadManifest(expectedFile), ours);
     assert.deepEqual(d2, [], d2.join('\n'));
   }
-  assert.deepEqual(inodeGroups(fuseDir), inodeGroups(loopDir), 'hard links share an inode number exactly as in the kernel view');
+  const f = statExtras(fuseDir);
+  const k = statExtras(loopDir);
+  assert.deepEqual(f.groups, k.groups, 'hard links share an inode number exactly as in the kernel view');
+  assert.ok(k.groups.length > 0 || !expectedFile, 'the tree has hard links');
+  const bad = Object.keys(k.blocks).filter((p) => f.blocks[p] !== k.blocks[p]).slice(0, 10).map((p) => `${p}: kernel ${k.blocks[p]} fuse ${f.blocks[p]}`);
+  assert.deepEqual(bad, [], 'st_blocks/st_blksize as the kernel reports them');
 }
 
 for (const name of ['plain', 'lz4']) {
