@@ -1,6 +1,6 @@
-// Corruption fuzzing of the EROFS reader. From a fixed seed, thousands of mutants of small plain
-// and LZ4 images (truncation; random bytes in the superblock — checksum re-sealed so the damage
-// gets through —, inodes, xattrs, directories, compression indexes, compressed/plain data) are
+// Corruption fuzzing of the EROFS reader. From a fixed seed, thousands of mutants of small plain,
+// LZ4 and chunk-based images (truncation; random bytes in the superblock — checksum re-sealed so the damage
+// gets through —, inodes, xattrs, directories, compression and chunk indexes, compressed/plain data) are
 // opened, walked and read completely in child processes. Each operation must succeed or throw
 // ErofsError; any other exception, a crash of the worker or a mutant that outlives the watchdog
 // fails the test. EROFS_FUZZ_SEED / EROFS_FUZZ_COUNT override the seed / the mutant count per image.
@@ -101,7 +101,9 @@ function runImage(label: string, image: string, count: number, seed: number): Pr
 
 test(`corruption fuzzing: every mutant opens, walks and reads without crash, hang or non-ErofsError (seed ${SEED})`, { timeout: 30 * 60_000 }, async (t) => {
   const perImage = Number(process.env.EROFS_FUZZ_COUNT ?? 0);
-  const plan: [string, number][] = [['plain', perImage || 900], ['lz4', perImage || 900], ['lz4hc-bigpcluster', perImage || 400]];
+  const plan: [string, number][] = [
+    ['plain', perImage || 800], ['lz4', perImage || 800], ['lz4hc-bigpcluster', perImage || 300], ['chunked', perImage || 300],
+  ];
   const images = plan.map(([name, count]) => ({ name, count, path: buildImage(name, { small: true }).path }));
   const t0 = Date.now();
   // Two workers at a time (two cores); each image has its own seed stream.

@@ -131,7 +131,13 @@ function locateRegions(img: Buffer, reader: ErofsReader): Record<Category, Regio
       }
       end = body + tail;
     } else if (layout === 4) {
-      end = body + 8 * Math.ceil(size / bs) + 8;
+      // Chunk-based: the block map / chunk indexes follow the xattrs (counted as an index region).
+      const chunkBits = (iu & 0x1f) + Math.log2(bs);
+      const chunks = Math.ceil(size / 2 ** chunkBits);
+      const len = (iu & 0x20 ? 8 : 4) * chunks;
+      const idx = iu & 0x20 ? Math.ceil(body / 8) * 8 : body;
+      if (len) add('zindex', idx, idx + len);
+      end = idx + len;
     }
     meta.push([off, end]);
   }
