@@ -234,3 +234,41 @@ test('daemon in-process (startServe): walk equals plain.expected.json on a share
     await d.stop();
   }
 });
+
+test('daemon in-process: compressed, chunked and xattr-heavy images and a two-image export walk equal to their manifests', async () => {
+  for (const name of ['lz4hc-bigpcluster', 'chunked', 'xattr-prefix', 'zstd']) {
+    const d = await startInProcessDaemon({ image: [path.join(SHARED_IMAGES, `${name}.erofs`)] });
+    try {
+      const t = await connectTestVmm(d.socketPath);
+      try {
+        const m = await t.client.walk({ concurrency: 8 });
+        assert.deepEqual(diffManifests(loadManifest(path.join(SHARED_IMAGES, `${name}.expected.json`)), m), [], name);
+      } finally {
+        t.close();
+      }
+    } finally {
+      await d.stop();
+    }
+  }
+  // Two images: each appears as a named directory of a synthetic root.
+  const d = await startInProcessDaemon({ image: [`a=${IMAGE}`, `b=${path.join(SHARED_IMAGES, 'lz4.erofs')}`] });
+  try {
+    const t = await connectTestVmm(d.socketPath);
+    try {
+      const m = await t.client.walk({ concurrency: 8 });
+      for (const [prefix, img] of [['a', 'plain'], ['b', 'lz4']] as const) {
+        const sub: Manifest = {};
+        for (const [k, v] of Object.entries(m)) {
+          if (k === prefix) sub[''] = v;
+          else if (k.startsWith(`${prefix}/`)) sub[k.slice(prefix.length + 1)] = v;
+        }
+        assert.deepEqual(diffManifests(loadManifest(path.join(SHARED_IMAGES, `${img}.expected.json`)), sub), [], `export ${prefix}`);
+      }
+      assert.deepEqual(Object.keys(m).filter((k) => !k.includes('/')).sort(), ['', 'a', 'b']);
+    } finally {
+      t.close();
+    }
+  } finally {
+    await d.stop();
+  }
+});
