@@ -83,11 +83,25 @@ export async function runMount(args: MountArgs): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
+  // A bug must not leave a dead mount behind ("Transport endpoint is not connected").
+  const onFatal = (err: unknown) => {
+    log.fatal({ err: String((err as Error)?.stack ?? err) }, 'fatal error, detaching the mount');
+    try {
+      native.umount2(mountpoint, C.MNT_DETACH);
+    } catch {
+      // not mounted
+    }
+    process.exit(1);
+  };
+  process.on('uncaughtException', onFatal);
+  process.on('unhandledRejection', onFatal);
 
   const reason = await transport.closed;
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   process.off('SIGHUP', onSignal);
+  process.off('uncaughtException', onFatal);
+  process.off('unhandledRejection', onFatal);
   if (!unmounting) {
     // The connection ended without our signal (fusermount -u, abort via fusectl): make sure.
     try {
