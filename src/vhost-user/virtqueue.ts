@@ -18,7 +18,7 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 /** Upper bound on the bytes one chain may describe (each direction). */
 export const MAX_CHAIN_BYTES = 256 * 1024 * 1024;
 /** Chains handed to the device per turn of the event loop before yielding. */
-const POP_BUDGET = 64;
+const POP_BUDGET = 8;
 
 export class ChainError extends Error {
   constructor(message: string) {
