@@ -391,6 +391,18 @@ test('nids outside the offset mapping get table-allocated ids that FORGET frees'
   assert.equal((await call(Opcode.GETATTR, e1.nodeid, u32s(0, 0), u64s(0))).error, -Errno.ESTALE, 'a forgotten table id is stale');
 });
 
+test('resume: a restarted server answers a live session without INIT, with the same node ids', async () => {
+  const first = await setup();
+  const e = await first.lookup(1, 'hello.txt');
+  const server = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { resume: true });
+  const r = parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: e.nodeid }, u32s(0, 0), u64s(0))));
+  assert.equal(r.error, 0);
+  assert.equal(parseAttr(r.body, 16).size, 13);
+  const rd = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: e.nodeid }, readIn(0, 0, 5))));
+  assert.equal(rd.body.toString(), 'hello');
+  assert.equal(server.negotiated?.minor, 41);
+});
+
 test('several images: synthetic root with one directory per image', async () => {
   const { call, lookup, fs } = await setup({ multi: true });
   const root = await readAll(call, 1, false, 4096);

@@ -40,6 +40,12 @@ export interface FuseServerOptions {
   /** Highest minor we negotiate (tests; default FUSE_KERNEL_MINOR_VERSION). */
   maxMinor?: number;
   logger?: FuseLogger;
+  /**
+   * Start as if INIT had already happened (a restarted daemon under a live guest session, e.g.
+   * vhost-user reconnect: the guest never sends INIT again). Node ids stay valid because the
+   * tree derives them from (image, nid).
+   */
+  resume?: boolean | Partial<Negotiated>;
 }
 
 /** What INIT settled. */
@@ -118,6 +124,22 @@ export class FuseServer {
   constructor(private readonly fs: FuseFilesystem, opts: FuseServerOptions = {}) {
     this.opts = opts;
     this.log = opts.logger;
+    if (opts.resume) this.resume(opts.resume === true ? {} : opts.resume);
+  }
+
+  /** Serve without (another) INIT, with the given or default negotiated parameters. */
+  resume(state: Partial<Negotiated> = {}): void {
+    const maxPages = state.maxPages ?? this.opts.maxPages ?? 256;
+    this.negotiatedState = {
+      major: FUSE_KERNEL_VERSION,
+      minor: state.minor ?? this.opts.maxMinor ?? FUSE_KERNEL_MINOR_VERSION,
+      flags: state.flags ?? 0n,
+      kernelFlags: state.kernelFlags ?? 0n,
+      maxReadahead: state.maxReadahead ?? 0,
+      maxWrite: state.maxWrite ?? Math.max(4096, this.opts.maxWrite ?? 1 << 20),
+      maxPages,
+      mapAlignment: state.mapAlignment ?? this.opts.mapAlignment,
+    };
   }
 
   /** The INIT outcome, or undefined before INIT / after DESTROY. */
