@@ -111,7 +111,10 @@ export class FuseClient {
       if (gotUnique !== unique) throw new Error(`opcode ${opcode}: reply unique ${gotUnique} != ${unique}`);
       if (len < OUT_HEADER_SIZE || len > outLen) throw new Error(`opcode ${opcode}: reply len ${len} outside [16, ${outLen}]`);
       if (used.len !== len) throw new Error(`opcode ${opcode}: used length ${used.len} != fuse_out_header.len ${len}`);
-      return { error: -error, body: Buffer.from(view.subarray(OUT_HEADER_SIZE, len)), usedLen: used.len, outLen: len };
+      // Buffer.copy is a memcpy; Buffer.from(view) would copy element by element.
+      const body = Buffer.allocUnsafe(len - OUT_HEADER_SIZE);
+      view.copy(body, 0, OUT_HEADER_SIZE, len);
+      return { error: -error, body, usedLen: used.len, outLen: len };
     } finally {
       // A timed-out (or failed) request's buffers may still be owned by the device: never reuse them.
       if (!deviceOwns) {
@@ -304,7 +307,9 @@ export class FuseClient {
       await this.setupmapping(fh, r, rangeSize, m, 2n /* READ */);
       const from = Math.max(off, r) - r;
       const to = Math.min(off + len, r + rangeSize) - r;
-      parts.push(Buffer.from(this.vmm.daxView(m + from, to - from)));
+      const part = Buffer.allocUnsafe(to - from);
+      this.vmm.daxView(m + from, to - from).copy(part);
+      parts.push(part);
     }
     return Buffer.concat(parts);
   }
