@@ -94,6 +94,21 @@ for (const dialect of ['shmem', 'fs-map'] as const) {
       assert.equal(t.vmm.daxMappings.size, 1);
       const mine = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:dax-backing')).length;
       assert.equal(mine(), 1, 'one mapping of the backing in the front-end');
+      // The window holds the backing's own pages: same physical frames as a direct mapping.
+      const direct = native.mmap(memfd, PAGE, 2 * PAGE, native.constants.PROT_READ, native.constants.MAP_SHARED);
+      try {
+        void new Uint8Array(direct)[0]; void new Uint8Array(direct)[PAGE];
+        const frames = t.vmm.daxPageFrames(2 << 20, 2 * PAGE);
+        assert.ok(frames.every((f) => f !== 0n), 'frames visible (root)');
+        const fd = fs.openSync('/proc/self/pagemap', 'r');
+        const b = Buffer.alloc(16);
+        fs.readSync(fd, b, 0, 16, Number(native.addressOf(direct) / BigInt(PAGE) * 8n));
+        fs.closeSync(fd);
+        const pfn = (e: bigint) => e & ((1n << 55n) - 1n);
+        assert.deepEqual(frames, [pfn(b.readBigUInt64LE(0)), pfn(b.readBigUInt64LE(8))]);
+      } finally {
+        native.munmap(direct);
+      }
       // The window shares pages with the backing: a change through the fd shows at once.
       fs.writeSync(memfd, Buffer.from('CHANGED'), 0, 7, PAGE);
       assert.equal(t.vmm.daxView(2 << 20, 7).toString(), 'CHANGED');

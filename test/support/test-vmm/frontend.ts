@@ -433,6 +433,34 @@ export class VhostUserFrontend {
     return Buffer.from(this.daxWindow, offset, length);
   }
 
+  /**
+   * Physical frame numbers behind window pages [offset, offset+length) (root only: otherwise
+   * the kernel reports 0). Pages are touched first so they are present. Two VMMs mapping the
+   * same shared backing see the same frames; 0n = not present.
+   */
+  daxPageFrames(offset: number, length: number): bigint[] {
+    const page = native.pageSize;
+    const view = this.daxView(offset, length);
+    let sink = 0;
+    for (let o = 0; o < length; o += page) sink ^= view[o]!;
+    void sink;
+    const base = native.addressOf(this.daxWindow!) + BigInt(offset);
+    const n = Math.ceil(length / page);
+    const buf = Buffer.alloc(8 * n);
+    const fd = fs.openSync('/proc/self/pagemap', 'r');
+    try {
+      fs.readSync(fd, buf, 0, buf.length, Number((base / BigInt(page)) * 8n));
+    } finally {
+      fs.closeSync(fd);
+    }
+    const out: bigint[] = [];
+    for (let i = 0; i < n; i++) {
+      const e = buf.readBigUInt64LE(8 * i);
+      out.push(e & (1n << 63n) ? e & ((1n << 55n) - 1n) : 0n);
+    }
+    return out;
+  }
+
   // ---- teardown --------------------------------------------------------------------------
   /** Disconnects (closing the socket is what a VMM exit looks like) and frees everything. */
   close(): void {
