@@ -692,3 +692,39 @@ test('full indexes: HEAD2 lclusters use the second algorithm (DEFLATE) with its 
   assert.throws(() => new CompressedFile({ ...ctx, image: { ...ctx.image, cache: new PclusterCache(1 << 20) } }).read(7000, 10),
     (x: unknown) => x instanceof ErofsError && x.code === 'EIO');
 });
+
+test('48-bit 4-byte extent records: running physical address over more than one checkpoint stride', () => {
+  const n = 601; // > 2 strides of 256 records
+  const size = n * BS - 4000;
+  const content = sampleData(size, 71);
+  const pieces: Buffer[] = [Buffer.alloc(7)]; // records start at byte 7 of the data space
+  const meta = Buffer.alloc(16 + n * 4);
+  meta.writeUInt16LE(0x1, 4); // EXTENTS, recsz 4 (code 0)
+  meta[7] = 0; // lclusterbits = blkszbits
+  meta.writeUInt32LE(7, 8); // pstart (le64 lo)
+  for (let k = 0; k < n; k++) {
+    const chunk = content.subarray(k * BS, Math.min(size, (k + 1) * BS));
+    let rec: Buffer;
+    let plen: number;
+    if (k % 3 === 0) {
+      rec = lz4CompressBlock(chunk);
+      plen = rec.length | (1 << 28);
+    } else {
+      rec = chunk;
+      plen = rec.length;
+    }
+    pieces.push(rec);
+    meta.writeUInt32LE(plen, 16 + k * 4);
+  }
+  const data = Buffer.concat(pieces);
+  const ctx = memContext({ meta, data, size, datalayout: 1 });
+  const f = new CompressedFile(ctx);
+  const rand = rng(5);
+  for (let i = 0; i < 200; i++) {
+    const off = Math.floor(rand() * size);
+    const len = 1 + Math.floor(rand() * 20_000);
+    assert.ok(f.read(off, len).equals(content.subarray(off, off + len)), `read(${off}, ${len})`);
+  }
+  assert.ok(new CompressedFile(ctx).read(0, size).equals(content));
+  assert.deepEqual([f.mapExtent(600 * BS).kind, f.mapExtent(599 * BS).kind], ['compressed', 'plain']);
+});

@@ -250,6 +250,8 @@ const SRC_HOLE = 3;
 const TWO32 = 0x1_0000_0000;
 const PAGE = 4096;
 const META_WINDOW = 4096;
+/** Checkpoint stride of the 4-byte extent records' running physical address. */
+const PA_STRIDE = 256;
 /** Read-ahead size for sequential pcluster reads. */
 const RAW_READAHEAD = 128 * 1024;
 
@@ -826,20 +828,31 @@ export class CompressedFile {
   // ---------------------------------------------------------------- 48-bit extent records
 
   private prefixPa(k: number): number {
-    // physical start of lcluster record k = pstart + sum(plen_i & MASK, i < k)
+    // Physical start of lcluster record k = pstart + sum(plen_i & MASK, i < k). Checkpoints every
+    // PA_STRIDE records keep memory at nExtents / PA_STRIDE numbers and each lookup at most
+    // PA_STRIDE additions once the checkpoints up to k exist.
     const base = this.extPos + 8;
-    if (this.paPrefix.length === 0) {
+    const cp = this.paPrefix;
+    if (cp.length === 0) {
       const [b, o] = this.meta(this.extPos, 8);
       const v = b.readUInt32LE(o) + b.readUInt32LE(o + 4) * TWO32;
       if (!Number.isSafeInteger(v)) throw eio(this.nid, 'extent pstart out of range');
-      this.paPrefix.push(v);
+      cp.push(v);
     }
-    while (this.paPrefix.length <= k) {
-      const i = this.paPrefix.length - 1;
-      const [b, o] = this.meta(base + i * 4, 4);
-      this.paPrefix.push(this.paPrefix[i]! + (b.readUInt32LE(o) & EXTENT_PLEN_MASK));
+    const j = Math.floor(k / PA_STRIDE);
+    while (cp.length <= j) {
+      const i = cp.length - 1;
+      cp.push(cp[i]! + this.sumPlen(base + i * PA_STRIDE * 4, PA_STRIDE));
     }
-    return this.paPrefix[k]!;
+    return cp[j]! + this.sumPlen(base + j * PA_STRIDE * 4, k - j * PA_STRIDE);
+  }
+
+  private sumPlen(pos: number, count: number): number {
+    if (count === 0) return 0;
+    const [b, o] = this.meta(pos, count * 4);
+    let sum = 0;
+    for (let i = 0; i < count; i++) sum += b.readUInt32LE(o + i * 4) & EXTENT_PLEN_MASK;
+    return sum;
   }
 
   private mapExt(ofs: number): Ext {
