@@ -83,36 +83,73 @@ export function readdir(d: DirSource, offset: number, max: number): DirEntry[] {
   return out;
 }
 
-/** Finds `name` by binary search; undefined when absent. */
+/** Random access to one directory block's dirents without materialising them all. */
+class BlockView {
+  readonly n: number;
+  private readonly nameoff0: number;
+  constructor(private readonly blk: Buffer, private readonly where: string) {
+    if (blk.length < DIRENT_SIZE) throw new ErofsError('EIO', `${where}: directory block too short`);
+    this.nameoff0 = blk.readUInt16LE(8);
+    if (this.nameoff0 < DIRENT_SIZE || this.nameoff0 >= blk.length) {
+      throw new ErofsError('EIO', `${where}: invalid first nameoff ${this.nameoff0}`);
+    }
+    this.n = Math.floor(this.nameoff0 / DIRENT_SIZE);
+  }
+
+  /** Compares `name` with the name of dirent i (validating it). */
+  compare(name: Buffer, i: number): number {
+    const blk = this.blk;
+    const o = i * DIRENT_SIZE;
+    const nameoff = blk.readUInt16LE(o + 8);
+    let end: number;
+    if (i + 1 < this.n) {
+      end = blk.readUInt16LE(o + DIRENT_SIZE + 8);
+    } else {
+      const z = blk.indexOf(0, nameoff);
+      end = z < 0 ? blk.length : z;
+    }
+    if (nameoff < this.nameoff0 || nameoff >= blk.length || end > blk.length || end <= nameoff || end - nameoff > NAME_LEN) {
+      throw new ErofsError('EIO', `${this.where}: corrupted dirent ${i}`);
+    }
+    return name.compare(blk, nameoff, end);
+  }
+
+  entry(i: number, name: Buffer): RawDirent {
+    const o = i * DIRENT_SIZE;
+    const nid = decodeNid(this.blk, o);
+    if (nid === undefined) throw new ErofsError('EIO', `${this.where}: dirent ${i} nid out of range`);
+    return { name, nid, fileType: this.blk[o + 10]! };
+  }
+}
+
+/** Finds `name` by binary search over blocks, then within the block; undefined when absent. */
 export function lookup(d: DirSource, name: Buffer): RawDirent | undefined {
   if (name.length === 0 || name.length > NAME_LEN) return undefined;
   if (d.dotOmitted && name.length === 1 && name[0] === 0x2e) return { name, nid: d.nid, fileType: 2 };
   const nblocks = Math.ceil(d.size / d.blockSize);
   let lo = 0;
   let hi = nblocks - 1;
-  let candidate = -1;
-  let cands: RawDirent[] | undefined;
+  let cand: BlockView | undefined;
   let guard = 0;
   while (lo <= hi) {
     if (++guard > 64) throw new ErofsError('EIO', `dir nid ${d.nid}: lookup does not converge`);
-    const mid = (lo + hi) >>> 1;
-    const ents = parseDirBlock(d.block(mid), `dir nid ${d.nid} block ${mid}`);
-    const c = Buffer.compare(name, ents[0]!.name);
-    if (c === 0) return ents[0];
+    const mid = Math.floor((lo + hi) / 2);
+    const v = new BlockView(d.block(mid), `dir nid ${d.nid} block ${mid}`);
+    const c = v.compare(name, 0);
+    if (c === 0) return v.entry(0, name);
     if (c < 0) hi = mid - 1;
     else {
-      candidate = mid;
-      cands = ents;
+      cand = v;
       lo = mid + 1;
     }
   }
-  if (candidate < 0 || !cands) return undefined;
-  let a = 0;
-  let b = cands.length - 1;
+  if (!cand) return undefined;
+  let a = 1;
+  let b = cand.n - 1;
   while (a <= b) {
     const m = (a + b) >>> 1;
-    const c = Buffer.compare(name, cands[m]!.name);
-    if (c === 0) return cands[m];
+    const c = cand.compare(name, m);
+    if (c === 0) return cand.entry(m, name);
     if (c < 0) b = m - 1;
     else a = m + 1;
   }

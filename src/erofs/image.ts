@@ -34,6 +34,8 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   private metabox?: CachedSource;
   private metaboxInode?: Inode;
   private readonly inodes = new Map<number, Inode>();
+  /** Directory blocks by "nid:block" (directory data may be compressed: worth keeping). */
+  private dirBlocks!: LruCache<string>;
   private prefixTable?: LongPrefix[];
   private loadingPrefixes = false;
   private readonly z: CompressedReader;
@@ -55,7 +57,8 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       }
       for (let i = 0; i < given.length; i++) this.extra.push(new Device(given[i]!, i + 1));
       this.z = new CompressedReader(this, cacheBytes - Math.floor(cacheBytes / 4));
-      this.metaboxCacheBytes = Math.floor(cacheBytes / 8);
+      this.metaboxCacheBytes = Math.floor(cacheBytes / 16);
+      this.dirBlocks = new LruCache<string>(Math.floor(cacheBytes / 16));
       this.superblock = summarize(this.sb);
       this.rootNid = this.sb.rootNid;
       const root = this.inode(this.rootNid);
@@ -173,8 +176,13 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
         const pos = i * bs;
         const len = Math.min(bs, ino.size - pos);
         if (len <= 0) throw new ErofsError('EIO', `dir nid ${nid}: block ${i} beyond its size`);
-        const b = this.readInodeData(ino, pos, len, true);
-        if (b.length !== len) throw new ErofsError('EIO', `dir nid ${nid}: short block ${i}`);
+        const key = `${nid}:${i}`;
+        let b = this.dirBlocks.get(key);
+        if (!b) {
+          b = this.readInodeData(ino, pos, len, true);
+          if (b.length !== len) throw new ErofsError('EIO', `dir nid ${nid}: short block ${i}`);
+          this.dirBlocks.set(key, b);
+        }
         return b;
       },
       typeOf: (n: number) => this.inode(n).type,
@@ -316,5 +324,6 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     this.primary?.close();
     for (const d of this.extra) d?.close();
     this.inodes.clear();
+    this.dirBlocks?.clear();
   }
 }
