@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { FuseServer } from '../src/fuse/server.js';
-import { Errno, Opcode, InitFlag, FOPEN_KEEP_CACHE, FOPEN_DIRECT_IO, DT_DIR, DT_REG, DT_LNK, WRITE_OPCODES } from '../src/fuse/abi.js';
+import { Errno, Opcode, InitFlag, FUSE_ATTR_DAX, FOPEN_KEEP_CACHE, FOPEN_DIRECT_IO, DT_DIR, DT_REG, DT_LNK, WRITE_OPCODES } from '../src/fuse/abi.js';
 import { ImageTree } from '../src/vfs/index.js';
 import { FakeReader, type FakeNode } from './support/fake-reader.js';
 import { cstr, initIn, parseAttr, parseDirents, parseEntry, parseReply, readIn, request, u32s, u64s } from './support/fuse-wire.js';
@@ -401,6 +401,45 @@ test('resume: a restarted server answers a live session without INIT, with the s
   const rd = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: e.nodeid }, readIn(0, 0, 5))));
   assert.equal(rd.body.toString(), 'hello');
   assert.equal(server.negotiated?.minor, 41);
+});
+
+test('share/DAX hooks: attr flags, READ override (O_DIRECT flagged), SETUPMAPPING/REMOVEMAPPING, release', async () => {
+  const seen: string[] = [];
+  const fs = new ImageTree({
+    images: [{ name: 'img', reader: new FakeReader(tree()) }],
+    hooks: {
+      attrFlags: (t, a) => (a.type === 'file' && a.size > 100 ? FUSE_ATTR_DAX : 0),
+      read: (t, off, size, direct) => {
+        seen.push(`read ${t.name} ${off} ${size} ${direct}`);
+        return direct ? undefined : Buffer.from('SHARED'.slice(0, size));
+      },
+      setupMapping: (_ctx, t, m) => { seen.push(`map ${t.nid} ${m.fh} ${m.foffset} ${m.len} ${m.flags} ${m.moffset}`); },
+      removeMapping: (_ctx, ranges) => { seen.push(`unmap ${ranges.map((r) => `${r.moffset}+${r.len}`).join(',')}`); },
+      release: (t, fh) => { seen.push(`release ${t.nid} ${fh}`); },
+    },
+  });
+  const server = new FuseServer(fs, { mapAlignment: 12, inodeDax: true });
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid }, ...args)));
+  const sub = parseEntry((await call(Opcode.LOOKUP, 1, cstr('sub'))).body);
+  const deep = parseEntry((await call(Opcode.LOOKUP, sub.nodeid, cstr('deep'))).body);
+  const small = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
+  assert.equal(deep.attr.flags, FUSE_ATTR_DAX);
+  assert.equal(small.attr.flags, 0);
+  const fh = Number((await call(Opcode.OPEN, deep.nodeid, u32s(0, 0))).body.readBigUInt64LE(0));
+  assert.equal((await call(Opcode.READ, deep.nodeid, readIn(fh, 0, 4))).body.toString(), 'SHAR');
+  const dfh = Number((await call(Opcode.OPEN, deep.nodeid, u32s(0o40000, 0))).body.readBigUInt64LE(0));
+  assert.equal((await call(Opcode.READ, deep.nodeid, readIn(dfh, 0, 4))).body.toString(), 'aaaa', 'O_DIRECT falls through to the image');
+  assert.equal((await call(Opcode.SETUPMAPPING, deep.nodeid, u64s(fh, 0, 2 << 20), u32s(2, 0), u64s(4 << 20))).error, 0);
+  assert.equal((await call(Opcode.SETUPMAPPING, sub.nodeid, u64s(fh, 0, 2 << 20), u32s(2, 0), u64s(0))).error, -Errno.EINVAL, 'only regular files map');
+  assert.equal((await call(Opcode.REMOVEMAPPING, deep.nodeid, u32s(2), u64s(4 << 20, 2 << 20, 0, 4096))).error, 0);
+  assert.equal((await call(Opcode.REMOVEMAPPING, deep.nodeid, u32s(3), u64s(0, 1))).error, -Errno.EINVAL, 'count beyond the request');
+  assert.equal((await call(Opcode.RELEASE, deep.nodeid, u64s(fh), u32s(0, 0), u64s(0))).error, 0);
+  const deepNid = deep.nodeid - 2;
+  assert.deepEqual(seen, [
+    `read img 0 4 false`, `read img 0 4 true`, `map ${deepNid} ${fh} 0 ${2 << 20} 2 ${4 << 20}`,
+    `unmap ${4 << 20}+${2 << 20},0+4096`, `release ${deepNid} ${fh}`,
+  ]);
 });
 
 test('several images: synthetic root with one directory per image', async () => {

@@ -13,7 +13,7 @@ import {
 } from '../fuse/abi.js';
 import {
   FuseError, type AttrOut, type DirFiller, type EntryOut, type FuseFilesystem, type InitInfo, type OpenOut,
-  type RequestContext, type StatfsOut, type StatxOut,
+  type MaybePromise, type RemoveMappingOne, type RequestContext, type SetupMappingIn, type StatfsOut, type StatxOut,
 } from '../fuse/filesystem.js';
 
 export interface ImageTreeImage {
@@ -21,8 +21,33 @@ export interface ImageTreeImage {
   reader: ErofsReader;
 }
 
+/** Where a request lands: the image (index into `images`, its name and reader) and the inode. */
+export interface TreeTarget {
+  index: number;
+  name: string;
+  reader: ErofsReader;
+  nid: number;
+}
+
+/**
+ * Optional hooks for the page-sharing / DAX layer (src/share, issue 5). Each is consulted first;
+ * returning undefined falls back to the plain behaviour.
+ */
+export interface ImageTreeHooks {
+  /** Extra fuse_attr.flags (e.g. FUSE_ATTR_DAX for dax=inode) for an inode. */
+  attrFlags?(t: TreeTarget, attr: InodeAttr): number;
+  /** Serve a READ (e.g. from a shared backing). `direct` = the handle was opened O_DIRECT. */
+  read?(t: TreeTarget, offset: number, size: number, direct: boolean): MaybePromise<Buffer | Buffer[] | undefined>;
+  /** FUSE_SETUPMAPPING for a regular file (fh from OPEN). */
+  setupMapping?(ctx: RequestContext, t: TreeTarget, m: SetupMappingIn): MaybePromise<void>;
+  removeMapping?(ctx: RequestContext, ranges: RemoveMappingOne[]): MaybePromise<void>;
+  /** A file handle was released (after the last mapping of it may be gone). */
+  release?(t: TreeTarget, fh: number): void;
+}
+
 export interface ImageTreeOptions {
   images: ImageTreeImage[];
+  hooks?: ImageTreeHooks;
   /** Seconds the kernel may cache names (default 1 hour: images are immutable). */
   entryTimeout?: number;
   /** Seconds the kernel may cache attributes (default 1 hour). */
@@ -56,6 +81,7 @@ interface Node {
 interface Handle {
   nodeid: number;
   dir: boolean;
+  direct?: boolean;
 }
 
 /** Table-allocated nodeids start here (above any base + nid of an offset mapping). */
@@ -173,8 +199,14 @@ export class ImageTree implements FuseFilesystem {
 
   // ---- attributes ------------------------------------------------------------------------------
 
+  private target(slot: Slot, nid: number): TreeTarget {
+    return { index: slot.index, name: slot.name, reader: slot.reader, nid };
+  }
+
   protected attrOf(nodeid: number, slot: Slot, a: InodeAttr): FuseAttr {
+    const hook = this.opts.hooks?.attrFlags;
     return {
+      flags: hook ? hook(this.target(slot, a.nid), a) : 0,
       ino: nodeid,
       size: a.size,
       blocks: a.blocks,
@@ -301,7 +333,10 @@ export class ImageTree implements FuseFilesystem {
     if (a.type === 'dir') throw new FuseError(Errno.EISDIR);
     const fh = this.newHandle(nodeid, false);
     let openFlags = 0;
-    if (flags & 0o40000 /* O_DIRECT */) openFlags |= FOPEN_DIRECT_IO;
+    if (flags & 0o40000 /* O_DIRECT */) {
+      openFlags |= FOPEN_DIRECT_IO;
+      this.handles.get(fh)!.direct = true;
+    }
     else if (this.opts.keepCache ?? true) openFlags |= FOPEN_KEEP_CACHE;
     return { fh, openFlags };
   }
@@ -314,13 +349,44 @@ export class ImageTree implements FuseFilesystem {
     return fh;
   }
 
-  read(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, size: number): Buffer {
+  read(_ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): MaybePromise<Buffer | Buffer[]> {
     const { slot, nid } = this.resolveImage(nodeid);
+    const hook = this.opts.hooks?.read;
+    if (hook) {
+      const direct = this.handles.get(fh)?.direct ?? false;
+      const r = hook(this.target(slot, nid), offset, size, direct);
+      if (r instanceof Promise) return r.then((v) => v ?? slot.reader.read(nid, offset, size));
+      if (r !== undefined) return r;
+    }
     return slot.reader.read(nid, offset, size);
   }
 
-  release(_ctx: RequestContext, _nodeid: number, fh: number): void {
+  setupMapping(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void> {
+    const hook = this.opts.hooks?.setupMapping;
+    if (!hook) throw new FuseError(Errno.ENOSYS);
+    const { slot, nid } = this.resolveImage(nodeid);
+    if (slot.reader.getAttr(nid).type !== 'file') throw new FuseError(Errno.EINVAL);
+    return hook(ctx, this.target(slot, nid), m);
+  }
+
+  removeMapping(ctx: RequestContext, ranges: RemoveMappingOne[]): MaybePromise<void> {
+    const hook = this.opts.hooks?.removeMapping;
+    if (!hook) throw new FuseError(Errno.ENOSYS);
+    return hook(ctx, ranges);
+  }
+
+  release(_ctx: RequestContext, nodeid: number, fh: number): void {
+    const h = this.handles.get(fh);
     this.handles.delete(fh);
+    const hook = this.opts.hooks?.release;
+    if (hook && h) {
+      try {
+        const { slot, nid } = this.resolveImage(nodeid);
+        hook(this.target(slot, nid), fh);
+      } catch {
+        // a stale node has nothing to release
+      }
+    }
   }
 
   releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {
