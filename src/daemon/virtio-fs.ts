@@ -115,18 +115,20 @@ export class VirtioFsDevice implements VhostUserDevice {
     } catch (e) {
       reply = Promise.reject(e);
     }
-    reply.then(
-      (parts) => {
-        this.inflight--;
+    const finish = (parts: Buffer[] | null): void => {
+      this.inflight--;
+      try {
         q.complete(chain, this.writeReply(chain, parts, request));
-      },
-      (e: unknown) => {
-        this.inflight--;
-        this.stats.failed++;
-        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
-        q.complete(chain, this.writeReply(chain, [errorHeader(request, EIO)], request));
-      },
-    );
+      } catch (e) {
+        // Never let a completion error become an unhandled rejection (that would end the daemon).
+        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: completing a request failed');
+      }
+    };
+    reply.then(finish, (e: unknown) => {
+      this.stats.failed++;
+      log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
+      finish([errorHeader(request, EIO)]);
+    });
   }
 
   /** Scatters the reply into the chain's writable part; returns bytes written. */

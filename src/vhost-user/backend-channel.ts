@@ -51,7 +51,15 @@ export class BackendChannel {
     } catch {
       /* a socketpair is already non-blocking */
     }
-    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev) => this.onReadable(ev));
+    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev) => {
+      try {
+        this.onReadable(ev);
+      } catch (e) {
+        // An exception escaping a watch callback would abort the daemon.
+        this.log.error({ err: String(e) }, 'back-end channel failure');
+        this.close();
+      }
+    });
   }
 
   get isClosed(): boolean {

@@ -397,7 +397,15 @@ export class VhostUserConnection {
     } catch {
       /* accepted sockets are non-blocking already */
     }
-    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev, err) => this.onEvent(ev, err));
+    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev, err) => {
+      try {
+        this.onEvent(ev, err);
+      } catch (e) {
+        // An exception escaping a watch callback would abort the daemon: drop the connection.
+        this.log.error({ err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'vhost-user connection failure');
+        this.close('internal error');
+      }
+    });
   }
 
   onClose(cb: (reason: string) => void): void {
@@ -437,7 +445,10 @@ export class VhostUserConnection {
       if (m) this.queue.push(m);
     }
     if (ev & native.constants.DISCONNECT && !(ev & native.constants.READABLE)) return this.close('front-end disconnected');
-    void this.pump();
+    this.pump().catch((e: unknown) => {
+      this.log.error({ err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'vhost-user request handling failed');
+      this.close('internal error');
+    });
   }
 
   private async pump(): Promise<void> {

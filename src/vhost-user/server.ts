@@ -75,7 +75,11 @@ export class VhostUserServer {
           this.opts.log.error({ errno: err }, 'listening socket error');
           return this.finish('listen error');
         }
-        this.onAcceptable();
+        try {
+          this.onAcceptable();
+        } catch (e) {
+          this.opts.log.error({ err: String(e) }, 'accepting a connection failed');
+        }
       });
     }
     this.listenWatch.start(native.constants.READABLE);

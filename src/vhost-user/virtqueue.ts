@@ -209,7 +209,7 @@ export class VirtQueue {
         this.stopKickWatch();
         return;
       }
-      this.process();
+      this.safeProcess();
     });
   }
 
@@ -271,8 +271,18 @@ export class VirtQueue {
     this.processScheduled = true;
     setImmediate(() => {
       this.processScheduled = false;
-      this.process();
+      this.safeProcess();
     });
+  }
+
+  /** process() for event callbacks: a bug must stop this queue, not abort the daemon. */
+  private safeProcess(): void {
+    try {
+      this.process();
+    } catch (e) {
+      this.broken = true;
+      this.log.error({ queue: this.index, err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'queue failure; queue stopped until reset');
+    }
   }
 
   /** Takes available chains and hands them to the handler (bounded per turn). */
