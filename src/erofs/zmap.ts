@@ -983,7 +983,8 @@ export class CompressedFile {
         fragmentDepth--;
       }
       if (b.length !== n) throw eio(this.nid, 'short fragment read');
-      return b;
+      // The packed source may hand out views of its own caches: never pass those on.
+      return fresh ? Buffer.from(b) : b;
     }
     const d = this.decoded(e);
     const s = d.subarray(cur - e.la, cur - e.la + n);
