@@ -84,6 +84,12 @@ export interface OpenOptions {
   devices?: string[];
   /** Upper bound for the decompressed-block cache, bytes (default 64 MiB). */
   cacheBytes?: number;
+  /**
+   * Map the image files read-only and copy from the mapping (default true; falls back to
+   * pread when the native addon or mmap is unavailable). An image truncated while mapped would
+   * fault: pass false for files that may change underneath.
+   */
+  mmap?: boolean;
 }
 
 /** An opened image. All methods are synchronous and bounded; corrupt input throws ErofsError. */

@@ -20,7 +20,7 @@ import { CompressedReader } from './compressed.js';
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
 const INODE_CACHE_MAX = 65536;
 /** Largest single read() we serve in one buffer. */
-const MAX_READ = 1024 * 1024 * 1024;
+const MAX_READ = 256 * 1024 * 1024;
 /** Symlink targets longer than this are cut, as the kernel's page_get_link does. */
 const MAX_LINK = 4095;
 
@@ -43,7 +43,8 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
 
   constructor(readonly path: string, opts: OpenOptions = {}) {
     const cacheBytes = Math.max(1024 * 1024, opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
-    this.primary = new Device(path, 0);
+    const useMmap = opts.mmap !== false;
+    this.primary = new Device(path, 0, useMmap);
     this.extra = [];
     try {
       const metaCache = new LruCache<number>(Math.floor(cacheBytes / 8));
@@ -55,7 +56,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       if (given.length && given.length !== this.sb.extraDevices) {
         throw new ErofsError('EINVAL', `image has ${this.sb.extraDevices} extra device(s), ${given.length} given`);
       }
-      for (let i = 0; i < given.length; i++) this.extra.push(new Device(given[i]!, i + 1));
+      for (let i = 0; i < given.length; i++) this.extra.push(new Device(given[i]!, i + 1, useMmap));
       this.z = new CompressedReader(this, cacheBytes - Math.floor(cacheBytes / 4));
       this.metaboxCacheBytes = Math.floor(cacheBytes / 16);
       this.dirBlocks = new LruCache<string>(Math.floor(cacheBytes / 16));

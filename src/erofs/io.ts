@@ -105,7 +105,7 @@ export class Device {
   /** The whole file mapped read-only: reads become memcpy instead of a syscall. */
   private view?: Buffer;
 
-  constructor(readonly path: string, readonly index: number) {
+  constructor(readonly path: string, readonly index: number, useMmap = true) {
     try {
       this.fd = fs.openSync(path, 'r');
     } catch (e) {
@@ -123,7 +123,7 @@ export class Device {
       fs.closeSync(this.fd);
       throw e;
     }
-    if (this.size > 0 && this.size <= MMAP_MAX && !process.env.EROFS_VFSD_NO_MMAP) {
+    if (useMmap && this.size > 0 && this.size <= MMAP_MAX && !process.env.EROFS_VFSD_NO_MMAP) {
       const shim = loadMmap();
       if (shim) {
         try {
