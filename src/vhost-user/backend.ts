@@ -477,7 +477,8 @@ export class VhostUserConnection {
   close(reason = 'closed'): void {
     if (this.closed) return;
     this.closed = true;
-    this.log.info({ reason }, 'vhost-user connection closed');
+    const queues = this.backend.queues.filter((q) => q.stats.chains || q.stats.dropped).map((q) => ({ queue: q.index, ...q.stats }));
+    this.log.info({ reason, messages: this.backend.stats.messages, refused: this.backend.stats.refused, queues }, 'vhost-user connection closed');
     if (this.watch) {
       this.watch.close();
       this.watch = null;
