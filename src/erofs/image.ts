@@ -14,7 +14,7 @@ import { lookup as dirLookup, readdir as dirReaddir } from './dir.js';
 import type { DirSource } from './dir.js';
 import { getPrefixedXattr, getXattr, listXattrs, loadPrefixes } from './xattr.js';
 import type { LongPrefix, XattrContext } from './xattr.js';
-import { COMPAT, INCOMPAT, SUPER_OFFSET } from './format.js';
+import { COMPAT, INCOMPAT, SUPER_OFFSET, nidInMetabox } from './format.js';
 import { CompressedReader } from './compressed.js';
 
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
@@ -39,6 +39,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   private prefixTable?: LongPrefix[];
   private loadingPrefixes = false;
   private readonly z: CompressedReader;
+  private metaboxCacheBytes = 0;
   private closed = false;
 
   constructor(readonly path: string, opts: OpenOptions = {}) {
@@ -69,8 +70,6 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       throw e;
     }
   }
-
-  private metaboxCacheBytes: number;
 
   // ---- contexts for the format modules ----
 
@@ -150,7 +149,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     if (!Number.isSafeInteger(nid) || nid < 0) throw new ErofsError('EINVAL', `bad nid ${nid}`);
     let ino = this.inodes.get(nid);
     if (!ino) {
-      ino = parseInode(this.sb, this.meta(nid >= 2 ** 52), nid);
+      ino = parseInode(this.sb, this.meta(nidInMetabox(nid)), nid);
       if (this.inodes.size >= INODE_CACHE_MAX) this.inodes.clear();
       this.inodes.set(nid, ino);
     }
