@@ -2,6 +2,7 @@
 // virtiofsd, and counting a process's fds and mappings for leak checks.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { REPO_ROOT, SCRATCH_DIR } from '../paths.js';
 import type { ServeArgs, ServeDaemon } from '../../../src/cli/serve.js';
@@ -21,11 +22,18 @@ export interface Backend {
 }
 
 let counter = 0;
-/** A fresh socket path in the scratch directory. */
+let socketDir: string | null = null;
+/**
+ * A fresh socket path. Under the system temp directory, not the checkout: a Unix socket path
+ * must fit in 108 bytes, and a CI clone may live deep.
+ */
 export function tempSocketPath(tag: string): string {
-  const dir = path.join(SCRATCH_DIR, 'sockets');
-  fs.mkdirSync(dir, { recursive: true });
-  const p = path.join(dir, `${tag}-${process.pid}-${counter++}.sock`);
+  if (!socketDir) {
+    socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'test-vmm-'));
+    const dir = socketDir;
+    process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  }
+  const p = path.join(socketDir, `${tag}-${counter++}.sock`);
   fs.rmSync(p, { force: true });
   return p;
 }
