@@ -89,6 +89,7 @@ const FIXTURE_FEATURES: Record<string, string[]> = {
   'metabox-digest': ['metabox', 'ishare_xattrs', 'xattr_prefixes'],
   '48bit-chunked-1k': ['48bit', 'chunked_file'],
   'prefixes-in-packed': ['fragments', 'xattr_prefixes'],
+  'dot-omitted-512': ['48bit'],
 };
 for (const [name, features] of Object.entries(FIXTURE_FEATURES)) {
   test(`fixture ${name}: tree equals the kernel's view`, () => {
@@ -103,6 +104,31 @@ for (const [name, features] of Object.entries(FIXTURE_FEATURES)) {
     checkImage(name, FIXTURES);
   });
 }
+
+test('dot-omitted directories: "." is synthesised first and cookies continue past it', () => {
+  const r = openImage(path.join(FIXTURES, 'dot-omitted-512.erofs'));
+  try {
+    for (const dir of [r.rootNid, r.lookup(r.rootNid, 'many')!]) {
+      const all = r.readdir(dir, 0, 100000);
+      assert.equal(all[0]!.name.toString(), '.');
+      assert.equal(all[0]!.nid, dir);
+      assert.equal(all.filter((e) => e.name.toString() === '.').length, 1);
+      assert.ok(all.some((e) => e.name.toString() === '..'));
+      const names: string[] = [];
+      let off = 0;
+      for (let i = 0; i < all.length + 2; i++) {
+        const e = r.readdir(dir, off, 1);
+        if (!e.length) break;
+        names.push(e[0]!.name.toString());
+        off = e[0]!.nextOffset;
+      }
+      assert.deepEqual(names, all.map((e) => e.name.toString()));
+      assert.equal(r.lookup(dir, '.'), dir);
+    }
+  } finally {
+    r.close();
+  }
+});
 
 test('the readSync fallback (no mmap) reads the same trees', () => {
   const saved = process.env.EROFS_VFSD_NO_MMAP;
