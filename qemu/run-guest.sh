@@ -5,13 +5,13 @@
 #
 # Usage: qemu/run-guest.sh --socket SOCKET [--tag TAG] [--out OUT.img] [--queues N]
 #                          [--mem 512M] [--smp 2] [--guest DIR] [--timeout SECONDS]
-#                          [--print] [-- extra kernel command line words (gt.tests=…, gt.root=…)]
+#                          [--print] [--allow-reboot] [-- extra kernel command line words (gt.tests=…, gt.root=…)]
 # KVM is used when /dev/kvm is usable, TCG otherwise (-cpu qemu64,-cx16: see qemu/README.md). Guest RAM is a shared memfd
 # (memory-backend-memfd,share=on + a NUMA node), which vhost-user requires.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 GUEST=$here/../.cache/guest
-SOCK=""; TAG=erofs; OUT=""; QUEUES=1; MEM=512M; SMP=2; TIMEOUT=600; PRINT=""
+SOCK=""; TAG=erofs; OUT=""; QUEUES=1; MEM=512M; SMP=2; TIMEOUT=600; PRINT=""; NOREBOOT=-no-reboot
 while [ $# -gt 0 ]; do
   case "$1" in
     --socket) SOCK=$2; shift 2 ;;
@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     --guest) GUEST=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
     --print) PRINT=1; shift ;;
+    --allow-reboot) NOREBOOT=""; shift ;;
     --) shift; break ;;
     *) echo "run-guest: unknown option $1" >&2; exit 2 ;;
   esac
@@ -40,7 +41,7 @@ if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); else A
 args=(
   qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
   -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
-  -nographic -nodefaults -no-reboot -serial stdio -monitor none
+  -nographic -nodefaults ${NOREBOOT} -serial stdio -monitor none
   -chardev "socket,id=vfs0,path=$SOCK"
   -device "vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES"
   -kernel "$KERNEL" -initrd "$GUEST/initramfs.gz"

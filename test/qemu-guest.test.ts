@@ -17,6 +17,8 @@ import {
 const ALL_TESTS = ['walk', 'readdir', 'mmap', 'odirect', 'parallel', 'xattr', 'hardlink', 'remount'];
 /** Only on read-only exports (on virtiofsd's writable tree it would really modify the tree). */
 const RO_TESTS = ['rofs'];
+/** Run again after a guest reboot (VM reset) in the configurations that reboot. */
+const REBOOT_TESTS = ['readdir', 'mmap', 'hardlink'];
 
 let guest: GuestFiles;
 let tree: string;
@@ -117,14 +119,28 @@ test('C virtiofsd over the unpacked tree: guest tests pass and the guest sees th
 });
 
 /** Boots the guest against erofs-vfsd serving `images`; checks it and compares with virtiofsd. */
-async function runOurs(label: string, images: Array<{ name?: string; path: string }>, opts: { root?: string; queues?: number } = {}): Promise<GuestRun> {
+async function runOurs(label: string, images: Array<{ name?: string; path: string }>, opts: { root?: string; queues?: number; reboot?: boolean; reconnect?: boolean } = {}): Promise<GuestRun> {
   assert.ok(reference, 'the virtiofsd reference run must pass first');
-  const { root, queues = 1 } = opts;
+  const { root, queues = 1, reboot = false, reconnect = false } = opts;
   const sock = path.join(QEMU_CACHE, `erofs-vfsd-${label}.sock`);
-  const b = await startErofsVfsd(images, sock, ['--num-request-queues', String(queues)]);
+  const b = await startErofsVfsd(images, sock, ['--num-request-queues', String(queues), ...(reconnect ? ['--reconnect'] : [])]);
   backends.push(b);
-  const run = await bootGuest(sock, { label: `erofs-vfsd-${label}`, tests: [...ALL_TESTS, ...RO_TESTS], root, queues });
+  const run = await bootGuest(sock, {
+    label: `erofs-vfsd-${label}`, tests: [...ALL_TESTS, ...RO_TESTS], root, queues,
+    reboot, tests2: reboot ? REBOOT_TESTS : undefined,
+  });
+  if (reconnect) {
+    // the first QEMU has exited; with --reconnect the same daemon serves the next VMM
+    assert.equal(b.proc.exitCode, null, `erofs-vfsd/${label}: the daemon exited although --reconnect was given\n${b.log().slice(-2000)}`);
+    const second = await bootGuest(sock, { label: `erofs-vfsd-${label}-second`, tests: REBOOT_TESTS, root, queues });
+    assert.ok(second.done && second.results.every((r) => r.ok), `erofs-vfsd/${label}: second VMM\n${failures(second)}`);
+    assert.equal(second.byTest.get('readdir')?.[0]?.count, 10000);
+    assert.deepEqual(second.byTest.get('mmap')!.map((r) => r.sha256), run.byTest.get('mmap')!.map((r) => r.sha256));
+  }
   await b.stop();
+  // no error-level log lines: guest requests the daemon refuses are answered, not logged as errors
+  const errors = b.log().split('\n').filter((l) => /"level":(50|60)/.test(l));
+  assert.deepEqual(errors.slice(0, 5), [], `erofs-vfsd/${label}: error log lines`);
   const want = root ? Object.fromEntries(images.flatMap((im) => Object.entries(prefixManifest(expected, im.name!)))) : expected;
   try {
     checkRun(run, want, `erofs-vfsd/${label}`, root !== undefined);
@@ -137,7 +153,15 @@ async function runOurs(label: string, images: Array<{ name?: string; path: strin
   }
   // identical guest-visible results to C virtiofsd over the unpacked tree (the walk of a
   // multi-image export covers two trees, so only its targeted tests compare one to one)
-  const skip = root ? ['walk', ...RO_TESTS] : RO_TESTS;
+  const skip = root ? ['walk', ...RO_TESTS] : [...RO_TESTS];
+  if (reboot) {
+    // the VM reset: the same connection, the device reset and set up again by the rebooted guest
+    assert.equal(run.byTest.get('reboot:boot')?.length, 1, `erofs-vfsd/${label}: the guest did not come back after its reboot\n${failures(run)}`);
+    for (const t of ['mount', ...REBOOT_TESTS]) assert.ok(run.byTest.get(`reboot:${t}`)?.every((r) => r.ok), `erofs-vfsd/${label}: after the reboot, ${t}\n${failures(run)}`);
+    assert.equal(run.byTest.get('reboot:readdir')![0]!.count, 10000);
+    assert.deepEqual(run.byTest.get('reboot:mmap')!.map((r) => r.sha256), run.byTest.get('mmap')!.map((r) => r.sha256));
+  }
+  skip.push(...run.results.filter((r) => r.test.startsWith('reboot:')).map((r) => r.test));
   assert.deepEqual(comparableResults(run, { root, skip }), comparableResults(reference!, { skip }),
     `erofs-vfsd/${label}: guest results differ from virtiofsd's`);
   return run;
@@ -147,12 +171,12 @@ test('erofs-vfsd, plain image: same guest results as virtiofsd', async () => {
   await runOurs('plain', [{ path: guestImage('plain') }]);
 });
 
-test('erofs-vfsd, LZ4HC image: same guest results as virtiofsd', async () => {
-  await runOurs('lz4hc', [{ path: guestImage('lz4hc') }]);
+test('erofs-vfsd --reconnect, LZ4HC image: same guest results as virtiofsd; then serves a second VMM', async () => {
+  await runOurs('lz4hc', [{ path: guestImage('lz4hc') }], { reconnect: true });
 });
 
-test('erofs-vfsd, chunked image: same guest results as virtiofsd', async () => {
-  await runOurs('chunked', [{ path: guestImage('chunked') }]);
+test('erofs-vfsd, chunked image: same guest results as virtiofsd; the guest reboots and reads again', async () => {
+  await runOurs('chunked', [{ path: guestImage('chunked') }], { reboot: true });
 });
 
 test('erofs-vfsd, two-image export (a = plain, b = LZ4HC) over 2 request queues: both trees as subdirectories', async () => {

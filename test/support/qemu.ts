@@ -225,8 +225,15 @@ export interface GuestRun {
   bootMs?: number;
 }
 
-/** Boots the guest against `socket`, runs guest-tests/run.sh, returns what the guest reported. */
-export async function bootGuest(socket: string, opts: { label: string; tests?: string[]; root?: string; queues?: number; timeoutS?: number; extraArgs?: string[] }): Promise<GuestRun> {
+/**
+ * Boots the guest against `socket`, runs guest-tests/run.sh, returns what the guest reported.
+ * `reboot`: after the tests the guest reboots once (a VM reset seen by the back-end) and runs
+ * `tests2` in the second boot; those results are named `reboot:<test>`.
+ */
+export async function bootGuest(socket: string, opts: {
+  label: string; tests?: string[]; root?: string; queues?: number; timeoutS?: number; extraArgs?: string[];
+  reboot?: boolean; tests2?: string[];
+}): Promise<GuestRun> {
   const work = path.join(QEMU_CACHE, 'runs', opts.label);
   fs.rmSync(work, { recursive: true, force: true });
   fs.mkdirSync(work, { recursive: true });
@@ -236,8 +243,10 @@ export async function bootGuest(socket: string, opts: { label: string; tests?: s
   const kargs = [...(opts.extraArgs ?? [])];
   if (opts.tests) kargs.push(`gt.tests=${opts.tests.join(',')}`);
   if (opts.root) kargs.push(`gt.root=${opts.root}`);
+  if (opts.reboot) kargs.push('gt.reboot=1');
+  if (opts.tests2) kargs.push(`gt.tests2=${opts.tests2.join(',')}`);
   const args = ['--socket', socket, '--out', out, '--guest', GUEST_DIR, '--timeout', String(opts.timeoutS ?? 300),
-    '--queues', String(opts.queues ?? 1), '--', ...kargs];
+    '--queues', String(opts.queues ?? 1), ...(opts.reboot ? ['--allow-reboot'] : []), '--', ...kargs];
   const t0 = Date.now();
   let bootMs: number | undefined;
   const proc = spawn(path.join(REPO_ROOT, 'qemu/run-guest.sh'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -253,11 +262,14 @@ export async function bootGuest(socket: string, opts: { label: string; tests?: s
   fs.writeFileSync(path.join(work, 'console.log'), text);
   const results: GuestResult[] = [];
   const byTest = new Map<string, GuestResult[]>();
+  let boots = 0;
   for (const line of text.split(/\r?\n/)) {
     const i = line.indexOf('GUESTTEST {');
     if (i < 0) continue;
     try {
       const r = JSON.parse(line.slice(i + 'GUESTTEST '.length)) as GuestResult;
+      if (r.test === 'boot') boots++;
+      if (boots > 1) r.test = `reboot:${r.test}`;
       results.push(r);
       byTest.set(r.test, [...(byTest.get(r.test) ?? []), r]);
     } catch {
