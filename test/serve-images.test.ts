@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { SHARED_IMAGES } from './support/paths.js';
 import { diffManifests, loadManifest, type Manifest } from './support/manifest.js';
-import { connectTestVmm, startDaemon } from './support/test-vmm/index.js';
+import { FuseClient, VhostUserFrontend, connectTestVmm, startDaemon } from './support/test-vmm/index.js';
 import { cacheOptions, parseImageSpec } from '../src/cli/serve.js';
 
 test('--image spec: [NAME=]PATH[,domain=D][,device=BLOB]…', () => {
@@ -57,6 +57,28 @@ test('two images, one multi-device, served as named subdirectories on 2 request 
       assert.deepEqual(diffManifests(loadManifest(path.join(SHARED_IMAGES, 'chunked-blobdev.expected.json')), subtree(m, 'two')), []);
     } finally {
       t.close();
+    }
+  } finally {
+    const r = await be.stop();
+    assert.ok(r.code === 0 || r.signal === 'SIGTERM', `daemon exit ${JSON.stringify(r)}\n${be.stderr().slice(-2000)}`);
+  }
+});
+
+test('--reconnect: a front-end reconnecting under a live guest session is served without a new INIT', async () => {
+  const be = await startDaemon({ images: [path.join(SHARED_IMAGES, 'plain.erofs')], extraArgs: ['--reconnect'], logLevel: 'info' });
+  try {
+    const t1 = await connectTestVmm(be.socketPath);
+    const before = await t1.client.getattr(1n);
+    t1.close();
+    // Same guest, new connection: no FUSE_INIT this time.
+    const vmm = await VhostUserFrontend.connect(be.socketPath, {});
+    try {
+      const client = new FuseClient(vmm);
+      const after = await client.getattr(1n);
+      assert.equal(after.attr.ino, before.attr.ino);
+      assert.equal(after.attr.mode, before.attr.mode);
+    } finally {
+      vmm.close();
     }
   } finally {
     const r = await be.stop();

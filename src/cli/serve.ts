@@ -149,6 +149,7 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   const tag = args.tag ?? 'erofs';
   const numRequestQueues = args.numRequestQueues ?? 1;
   const fuseLog = log.child({ component: 'fuse' });
+  let lastSession: FuseServer | undefined;
   // Validate the device options once before listening.
   new VirtioFsDevice({ tag, numRequestQueues, server: { handle: async () => null }, log });
   const server = new VhostUserServer({
@@ -156,8 +157,15 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
     fd: args.fd,
     reconnect: args.reconnect ?? false,
     log,
-    // A FUSE session per connection; the image tree (and its readers) is shared.
-    createDevice: () => new VirtioFsDevice({ tag, numRequestQueues, server: new FuseServer(tree, { logger: fuseLog }), log }),
+    // A FUSE session per connection; the image tree (and its readers) is shared. A front-end
+    // that reconnects under a live guest (or a restarted daemon) sends no new INIT: each session
+    // starts as resumed, with the previous session's negotiation when there was one; a new
+    // guest's INIT simply renegotiates.
+    createDevice: () => {
+      const fuse = new FuseServer(tree, { logger: fuseLog, resume: lastSession?.negotiated ?? true });
+      lastSession = fuse;
+      return new VirtioFsDevice({ tag, numRequestQueues, server: fuse, log });
+    },
   });
   server.start();
   log.info({ images: specs.map((s) => s.path), tag, numRequestQueues }, 'serving');
