@@ -136,6 +136,9 @@ export interface ZExtent {
   partialRef: boolean;
 }
 
+/** Bookkeeping charged per cached entry (key, map slot, Buffer object), so tiny extents count. */
+const ENTRY_OVERHEAD = 256;
+
 /**
  * Byte-bounded LRU of decompressed pclusters, shared per image. Memory held: at most `maxBytes`
  * in the LRU, plus one extent larger than `maxBytes` (≤ PCLUSTER_MAX_DSIZE) kept on the side,
@@ -180,10 +183,11 @@ export class PclusterCache {
   set(key: string, value: Buffer): void {
     const old = this.map.get(key);
     if (old !== undefined) {
-      this.bytes -= old.length;
+      this.bytes -= old.length + ENTRY_OVERHEAD;
       this.map.delete(key);
     }
-    if (value.length > this.maxBytes) {
+    const cost = value.length + ENTRY_OVERHEAD;
+    if (cost > this.maxBytes) {
       // One extent larger than the whole budget: keep just the latest such one on the side,
       // so that small sequential reads through it do not decode it again each time.
       this.oversizeKey = key;
@@ -191,13 +195,13 @@ export class PclusterCache {
       return;
     }
     this.map.set(key, value);
-    this.bytes += value.length;
+    this.bytes += cost;
     while (this.bytes > this.maxBytes) {
       const first = this.map.keys().next();
       if (first.done) break;
       const b = this.map.get(first.value)!;
       this.map.delete(first.value);
-      this.bytes -= b.length;
+      this.bytes -= b.length + ENTRY_OVERHEAD;
     }
   }
 
