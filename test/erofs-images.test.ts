@@ -33,8 +33,8 @@ function open(name: string): ErofsReader {
 
 const FIXTURES = path.join(REPO_ROOT, 'test/fixtures/erofs-1.9');
 
-function checkImage(name: string, dir = SHARED_IMAGES): void {
-  const reader = dir === SHARED_IMAGES ? open(name) : openImage(path.join(dir, `${name}.erofs`));
+function checkImage(name: string, dir = SHARED_IMAGES, opts: OpenOptions = {}): void {
+  const reader = dir === SHARED_IMAGES ? open(name) : openImage(path.join(dir, `${name}.erofs`), opts);
   try {
     const fingerprints: { path: string; nid: number; size: number; sha256: string }[] = [];
     const actual = manifestFromReader(reader, (p, nid, e) => {
@@ -104,6 +104,25 @@ for (const [name, features] of Object.entries(FIXTURE_FEATURES)) {
     checkImage(name, FIXTURES);
   });
 }
+
+test('fixture multidev-flat: blocks found through the device table\'s unified addresses', () => {
+  const devices = [path.join(FIXTURES, 'multidev-layer1.blob'), path.join(FIXTURES, 'multidev-layer2.blob')];
+  const r = openImage(path.join(FIXTURES, 'multidev-flat.erofs'), { devices });
+  try {
+    assert.equal(r.superblock.extraDevices, 2);
+    assert.ok(r.superblock.features.includes('device_table'));
+    // The primary image holds metadata only: every file byte comes from a layer device.
+    const a = r.lookup(r.rootNid, 'a')!;
+    const f = r.lookup(a, 'f30')!;
+    const exts = r.plainExtents(f)!;
+    assert.ok(exts.length >= 1 && exts.every((x) => x.device === 1), JSON.stringify(exts));
+  } finally {
+    r.close();
+  }
+  checkImage('multidev-flat', FIXTURES, { devices });
+  assert.throws(() => openImage(path.join(FIXTURES, 'multidev-flat.erofs'), { devices: devices.slice(0, 1) }),
+    (e: ErofsError) => e.code === 'EINVAL');
+});
 
 test('dot-omitted directories: "." is synthesised first and cookies continue past it', () => {
   const r = openImage(path.join(FIXTURES, 'dot-omitted-512.erofs'));
