@@ -372,8 +372,9 @@ export class CompressedFile {
     let cur = offset;
     for (;;) {
       const n = Math.min(end, e.la + e.llen) - cur;
-      const part = this.extentBytes(e, cur, n, false);
-      part.copy(out, cur - offset);
+      if (e.src === SRC_HOLE) out.fill(0, cur - offset, cur - offset + n);
+      else if (e.src === SRC_FRAGMENT) this.extentBytes(e, cur, n, false).copy(out, cur - offset);
+      else this.decoded(e).copy(out, cur - offset, cur - e.la, cur - e.la + n);
       cur += n;
       if (cur >= end) break;
       e = this.extentFor(cur);
