@@ -94,6 +94,12 @@ export function mapRange(ctx: DataContext, ino: Inode, from: number, to: number)
   if (last - first + 1 > MAX_CHUNKS_PER_MAP) last = first + MAX_CHUNKS_PER_MAP - 1;
   const base = Math.ceil((ino.iloc + ino.isize + ino.xattrIsize) / unit) * unit;
   const src = ctx.meta(ino.inMetabox);
+  // The whole index table must exist: this also bounds every walk over the file's chunks by
+  // the image size, whatever i_size claims.
+  const nchunks = Math.ceil(ino.size / csize);
+  if (base + nchunks * unit > src.size) {
+    throw new ErofsError('EIO', `nid ${ino.nid}: chunk index table (${nchunks} entries) beyond the metadata`);
+  }
   const raw = src.read(base + first * unit, (last - first + 1) * unit);
   const mask48 = (ino.chunkFormat & CHUNK_FORMAT_48BIT) !== 0;
   for (let c = first; c <= last; c++) {
