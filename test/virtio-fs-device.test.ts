@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { native } from '../src/native/index.js';
 import { VirtQueue, silentLogger, type GuestMemory } from '../src/vhost-user/index.js';
-import { VirtioFsDevice, encodeVirtioFsConfig, scatter } from '../src/daemon/virtio-fs.js';
+import { MAX_REQUEST_BYTES, VirtioFsDevice, encodeVirtioFsConfig, scatter } from '../src/daemon/virtio-fs.js';
 import { FakeGuest, dupFd } from './support/fake-guest.js';
 
 const C = native.constants;
@@ -166,6 +166,16 @@ test('requests are gathered, replies scattered, completed out of order, and neve
     releaseSlow!();
     await until(() => used(ram).idx === 6, 'slow request completes');
     assert.deepEqual(used(ram).elems[5], [11, 16]);
+    // An oversized request is copied only up to MAX_REQUEST_BYTES (header intact) and answered.
+    request(ram, 0x40000, 14, 0);
+    writeDesc(ram, 17, 0x40000, 200 * 1024, 1, 18);
+    writeDesc(ram, 18, 0x27000, 64, 2);
+    offer(ram, 17);
+    native.eventfdWrite(kick, 1);
+    await until(() => used(ram).idx === 7, 'oversized request answered');
+    assert.equal(seen[seen.length - 1]!.length, MAX_REQUEST_BYTES);
+    assert.equal(seen[seen.length - 1]!.readBigUInt64LE(8), 14n);
+    assert.deepEqual(used(ram).elems[6], [17, 16]);
     // A request in flight when the ring stops must not write into guest memory afterwards.
     request(ram, 0x16000, 13, 6);
     writeDesc(ram, 15, 0x16000, 41, 1, 16);
@@ -177,7 +187,7 @@ test('requests are gathered, replies scattered, completed out of order, and neve
     releaseStale!();
     await new Promise((r) => setTimeout(r, 20));
     assert.equal(ram.readUInt32LE(0x26000), 0, 'no reply bytes after the stop');
-    assert.equal(used(ram).idx, 6, 'no used entry after the stop');
+    assert.equal(used(ram).idx, 7, 'no used entry after the stop');
     assert.equal(dev.stats.stale, 1);
   } finally {
     q.reset();

@@ -9,8 +9,12 @@ import type { DescriptorChain, Logger, VhostUserDevice, BackendChannel } from '.
 export const VIRTIO_FS_TAG_LEN = 36;
 export const VIRTIO_FS_CONFIG_SIZE = 40;
 export const VIRTIO_ID_FS = 26;
-/** Largest request we gather (FUSE requests are small; WRITE is refused anyway). */
-export const MAX_REQUEST_BYTES = 2 * 1024 * 1024;
+/**
+ * Most request bytes we copy out of the guest. Read-only FUSE requests are small (names, xattr
+ * names); larger ones (WRITE, SETXATTR data) are refused by opcode, so their tails never matter.
+ * This bounds what a guest can make us allocate: queue size × this.
+ */
+export const MAX_REQUEST_BYTES = 128 * 1024;
 
 const OUT_HEADER_SIZE = 16;
 const EIO = 5;
@@ -100,14 +104,20 @@ export class VirtioFsDevice implements VhostUserDevice {
     const log = this.opts.log;
     const q = chain.queue;
     this.stats.requests++;
-    if (chain.readableLength > MAX_REQUEST_BYTES) {
-      log.warn({ queue: q.index, bytes: chain.readableLength }, 'virtio-fs: request too large, dropped');
+    // A private copy (the guest may rewrite its buffers while we work), truncated: the server
+    // answers a request whose tail is missing with an errno (or EROFS for write-type opcodes).
+    let request: Buffer;
+    if (chain.readableLength <= MAX_REQUEST_BYTES) {
+      request = Buffer.concat(chain.readable, chain.readableLength);
+    } else {
       this.stats.tooLarge++;
-      q.complete(chain, 0);
-      return;
+      request = Buffer.allocUnsafe(MAX_REQUEST_BYTES);
+      let at = 0;
+      for (const part of chain.readable) {
+        if (at >= MAX_REQUEST_BYTES) break;
+        at += part.copy(request, at, 0, Math.min(part.length, MAX_REQUEST_BYTES - at));
+      }
     }
-    // A private copy: the guest may rewrite its buffers while we work.
-    const request = Buffer.concat(chain.readable, chain.readableLength);
     this.inflight++;
     let reply: Promise<Buffer[] | null>;
     try {
