@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { REPO_ROOT } from '../test/support/paths.js';
+import { REPO_ROOT, SHARED_IMAGES } from '../test/support/paths.js';
 import {
   connectTestVmm, startDaemon, startVirtiofsd, unpackImage, type Backend, type TestVmm,
 } from '../test/support/test-vmm/index.js';
@@ -19,14 +19,17 @@ const BIG_SIZE = 64 << 20;
 const SMALL_FILES = 2000;
 
 export interface VhostRow {
-  workload: 'seq-1MiB' | 'rand-4KiB' | 'lookup+getattr';
-  unit: 'MB/s' | 'IOPS' | 'ops/s';
+  workload: 'seq-1MiB' | 'rand-4KiB' | 'lookup+getattr' | 'walk plain.erofs';
+  unit: 'MB/s' | 'IOPS' | 'ops/s' | 'walks/s';
   queues: number;
   ours: number;
   virtiofsd: number;
   /** Request queues virtiofsd actually used (C virtiofsd offers only one). */
   virtiofsdQueues: number;
   ratio: number;
+  /** Back-end CPU microseconds per operation (utime+stime over all rounds / operations). */
+  cpuUsOurs?: number;
+  cpuUsPeer?: number;
 }
 
 export interface VhostBenchOptions {
@@ -61,7 +64,50 @@ export function prepareBenchImage(): { image: string; tree: string } {
   return { image, tree: unpackImage(image, 'bench-plain') };
 }
 
-interface Workloads { seq: () => Promise<number>; rand: () => Promise<number>; meta: () => Promise<number>; done: () => Promise<void> }
+interface Round { rate: number; ops: number }
+interface Workloads { seq: () => Promise<Round>; rand: () => Promise<Round>; meta: () => Promise<Round>; done: () => Promise<void> }
+
+/**
+ * utime + stime of a process, all its threads and its descendants (C virtiofsd serves from a
+ * forked child in its sandbox), in clock ticks (100 Hz on Debian).
+ */
+function cpuTicks(pid: number): number {
+  let total = 0;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    total += Number(f[11]) + Number(f[12]);
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      const kids = fs.readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      for (const k of kids ? kids.split(' ') : []) total += cpuTicks(Number(k));
+    }
+  } catch {
+    /* exited meanwhile */
+  }
+  return total;
+}
+
+/** Full tree walks of plain.erofs (stat, readlink, xattrs, sha256 of every file) per second. */
+async function walkRate(start: () => Promise<Backend>, rounds: number): Promise<number> {
+  const be = await start();
+  try {
+    const t = await connectTestVmm(be.socketPath, { requestQueues: 1 });
+    try {
+      await t.client.walk({ concurrency: 4 });
+      const rates: number[] = [];
+      for (let r = 0; r < rounds; r++) {
+        const a = performance.now();
+        await t.client.walk({ concurrency: 4 });
+        rates.push(1000 / (performance.now() - a));
+      }
+      return median(rates);
+    } finally {
+      t.close();
+    }
+  } finally {
+    await be.stop();
+  }
+}
 
 async function timed(ms: number, depth: number, op: (i: number) => Promise<number>): Promise<{ ops: number; units: number; secs: number }> {
   const t0 = performance.now();
@@ -99,14 +145,14 @@ async function workloads(t: TestVmm, roundMs: number, depth: number): Promise<Wo
   return {
     seq: async () => {
       const r = await timed(roundMs, depth, async () => (await c.read(fh, (seqPos++ % nChunks) * MiB, MiB)).length);
-      return r.units / r.secs / 1e6;
+      return { rate: r.units / r.secs / 1e6, ops: r.ops };
     },
     rand: async () => {
       const r = await timed(roundMs, depth, async () => {
         rnd = (rnd * 1103515245 + 12345) >>> 0;
         return (await c.read(fh, (rnd % pages) * 4096, 4096)).length;
       });
-      return r.ops / r.secs;
+      return { rate: r.ops / r.secs, ops: r.ops };
     },
     meta: async () => {
       const r = await timed(roundMs, depth, async () => {
@@ -115,7 +161,7 @@ async function workloads(t: TestVmm, roundMs: number, depth: number): Promise<Wo
         await c.getattr(e.nodeid);
         return 1;
       });
-      return r.ops / r.secs;
+      return { rate: r.ops / r.secs, ops: r.ops };
     },
     done: async () => {
       await c.release(fh);
@@ -124,7 +170,7 @@ async function workloads(t: TestVmm, roundMs: number, depth: number): Promise<Wo
   };
 }
 
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; };
+function median(xs: number[]): number { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; }
 
 export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBenchOptions = {}): Promise<{ rows: VhostRow[]; notes: string[]; markdown: string }> {
   const roundMs = o.roundMs ?? 400;
@@ -146,11 +192,20 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
       const wa = await workloads(a, roundMs, depth);
       const wb = await workloads(b, roundMs, depth);
       const figures: Record<'seq' | 'rand' | 'meta', [number[], number[]]> = { seq: [[], []], rand: [[], []], meta: [[], []] };
+      // Back-end CPU time per operation: unlike rates, it barely moves when the machine is busy.
+      const cpu: Record<'seq' | 'rand' | 'meta', [number, number, number, number]> = { seq: [0, 0, 0, 0], rand: [0, 0, 0, 0], meta: [0, 0, 0, 0] };
+      const measureOne = async (w: Workloads, k: 'seq' | 'rand' | 'meta', pid: number, side: 0 | 1) => {
+        const c0 = cpuTicks(pid);
+        const r = await w[k]();
+        cpu[k][2 * side] += cpuTicks(pid) - c0;
+        cpu[k][2 * side + 1] += r.ops;
+        figures[k][side].push(r.rate);
+      };
       // Alternate short rounds so load from anything else on the machine hits both alike.
       for (const k of ['seq', 'rand', 'meta'] as const) {
         for (let r = 0; r < rounds; r++) {
-          figures[k][0].push(await wa[k]());
-          figures[k][1].push(await wb[k]());
+          await measureOne(wa, k, oursBe.pid, 0);
+          await measureOne(wb, k, peerBe.pid, 1);
         }
       }
       await wa.done();
@@ -158,7 +213,10 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
       const row = (workload: VhostRow['workload'], unit: VhostRow['unit'], k: 'seq' | 'rand' | 'meta'): VhostRow => {
         const ours = median(figures[k][0]);
         const virtiofsd = median(figures[k][1]);
-        return { workload, unit, queues, ours, virtiofsd, virtiofsdQueues: 1, ratio: ours / virtiofsd };
+        const [ta, na, tb, nb] = cpu[k];
+        const cpuUsOurs = (ta * 10_000) / Math.max(1, na);
+        const cpuUsPeer = (tb * 10_000) / Math.max(1, nb);
+        return { workload, unit, queues, ours, virtiofsd, virtiofsdQueues: 1, ratio: ours / virtiofsd, cpuUsOurs, cpuUsPeer };
       };
       const got = [row('seq-1MiB', 'MB/s', 'seq'), row('rand-4KiB', 'IOPS', 'rand'), row('lookup+getattr', 'ops/s', 'meta')];
       for (const g of got) log(`vhost: ${g.workload} q=${queues}: ours ${g.ours.toFixed(1)} virtiofsd ${g.virtiofsd.toFixed(1)} ${g.unit}`);
@@ -169,11 +227,17 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
       await peerBe.stop();
     }
   }
+  log('vhost: full tree walks of plain.erofs vs its unpacked tree');
+  const plain = path.join(SHARED_IMAGES, 'plain.erofs');
+  const plainTree = unpackImage(plain);
+  const wOurs = await walkRate(() => startDaemon({ images: [plain], logLevel: 'warn' }), 3);
+  const wPeer = await walkRate(() => startVirtiofsd({ source: plainTree, cache: 'always' }), 3);
+  rows.push({ workload: 'walk plain.erofs', unit: 'walks/s', queues: 1, ours: wOurs, virtiofsd: wPeer, virtiofsdQueues: 1, ratio: wOurs / wPeer });
   const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
   const markdown = [
-    '| workload | request queues (ours) | ours | virtiofsd (1 queue) | unit | ours/virtiofsd |',
-    '| --- | --- | --- | --- | --- | --- |',
-    ...rows.map((r) => `| ${r.workload} | ${r.queues} | ${fmt(r.ours)} | ${fmt(r.virtiofsd)} | ${r.unit} | ${fmt(r.ratio, 2)} |`),
+    '| workload | request queues (ours) | ours | virtiofsd (1 queue) | unit | ours/virtiofsd | back-end CPU µs/op ours | virtiofsd |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${r.workload} | ${r.queues} | ${fmt(r.ours, r.ours < 10 ? 2 : 0)} | ${fmt(r.virtiofsd, r.virtiofsd < 10 ? 2 : 0)} | ${r.unit} | ${fmt(r.ratio, 2)} | ${r.cpuUsOurs === undefined ? '' : fmt(r.cpuUsOurs)} | ${r.cpuUsPeer === undefined ? '' : fmt(r.cpuUsPeer)} |`),
   ].join('\n');
   const notes = [
     `test VMM front-end (TypeScript, one process driving both back-ends), ${depth} requests in flight, median of ${rounds} alternating ${roundMs} ms rounds per figure, page cache warm`,
