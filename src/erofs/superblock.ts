@@ -98,14 +98,6 @@ export function parseSuperblock(head: Buffer, readAt: (pos: number, len: number)
     throw new ErofsError('EOPNOTSUPP', `block size 2^${blockBits} is not supported (512..4096)`);
   }
   const blockSize = 1 << blockBits;
-  const featureIncompat = d.readUInt32LE(80);
-  const unknown = (featureIncompat & ~KNOWN_INCOMPAT) >>> 0;
-  if (unknown) {
-    const bits: number[] = [];
-    for (let b = 0; b < 32; b++) if (unknown & (1 << b)) bits.push(b);
-    throw new ErofsError('EOPNOTSUPP',
-      `unknown incompatible feature bit${bits.length > 1 ? 's' : ''} ${bits.join(', ')} (0x${unknown.toString(16)})`);
-  }
   const sbSize = SUPER_BASE_SIZE + d[13]! * SB_EXTSLOT_SIZE;
   if (SUPER_OFFSET + sbSize > head.length) throw new ErofsError('EIO', `invalid sb_extslots ${d[13]}`);
   const sbd = Buffer.alloc(Math.max(sbSize, 256));
@@ -121,6 +113,15 @@ export function parseSuperblock(head: Buffer, readAt: (pos: number, len: number)
     if (crc !== checksum) {
       throw new ErofsError('EIO', `superblock checksum mismatch: stored 0x${checksum.toString(16)}, computed 0x${crc.toString(16)}`);
     }
+  }
+
+  const featureIncompat = d.readUInt32LE(80);
+  const unknown = (featureIncompat & ~KNOWN_INCOMPAT) >>> 0;
+  if (unknown) {
+    const bits: number[] = [];
+    for (let b = 0; b < 32; b++) if (unknown & (1 << b)) bits.push(b);
+    throw new ErofsError('EOPNOTSUPP',
+      `unknown incompatible feature bit${bits.length > 1 ? 's' : ''} ${bits.join(', ')} (0x${unknown.toString(16)})`);
   }
 
   const is48bit = (featureIncompat & INCOMPAT.B48BIT) !== 0;
