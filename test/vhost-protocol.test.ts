@@ -8,6 +8,7 @@ import { native } from '../src/native/index.js';
 import { FakeGuest, MiniFrontEnd, dupFd } from './support/fake-guest.js';
 import {
   BackendChannel,
+  MAX_INFLIGHT,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
   GuestMemory,
@@ -557,4 +558,48 @@ test('back-end: 3000 random front-end messages neither crash nor wedge the conne
     g.close();
   }
   assert.equal(countFds(), fdsBefore, 'no fd leaked');
+});
+
+test('virtqueue: at most MAX_INFLIGHT chains are taken at once; completions resume the queue', async () => {
+  const N = 256;
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  const held: DescriptorChain[] = [];
+  const q = new VirtQueue(1, silentLogger, (c) => held.push(c));
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  try {
+    q.setSize(N);
+    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
+    q.setKick(dupFd(kick));
+    q.enabled = true;
+    q.start();
+    for (let i = 0; i < 200; i++) {
+      const o = DESC + 16 * i;
+      g.ram.writeBigUInt64LE(0x10000n, o);
+      g.ram.writeUInt32LE(16, o + 8);
+      g.ram.writeUInt16LE(0, o + 12);
+      g.ram.writeUInt16LE(i, AVAIL + 4 + 2 * i);
+    }
+    g.ram.writeUInt16LE(200, AVAIL + 2);
+    native.eventfdWrite(kick, 1);
+    const settle = async (): Promise<void> => {
+      for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    };
+    await settle();
+    assert.equal(held.length, MAX_INFLIGHT, 'taking stops at the cap');
+    q.complete(held[0]!, 0);
+    await settle();
+    assert.equal(held.length, MAX_INFLIGHT + 1, 'one completion lets one more in');
+    for (let i = 1; i < held.length; i++) q.complete(held[i]!, 0);
+    await settle();
+    for (let i = MAX_INFLIGHT + 1; i < held.length; i++) q.complete(held[i]!, 0);
+    await settle();
+    assert.equal(held.length, 200, 'all chains eventually taken');
+    assert.equal(g.ram.readUInt16LE(USED + 2), 200);
+  } finally {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    g.close();
+  }
 });

@@ -19,6 +19,11 @@ export const VIRTQ_USED_F_NO_NOTIFY = 1;
 export const MAX_CHAIN_BYTES = 256 * 1024 * 1024;
 /** Chains handed to the device per turn of the event loop before yielding. */
 const POP_BUDGET = 8;
+/**
+ * Chains in flight per queue before we stop taking more (they resume as chains complete): bounds
+ * the memory a guest can make us commit to replies at once.
+ */
+export const MAX_INFLIGHT = 128;
 
 export class ChainError extends Error {
   constructor(message: string) {
@@ -308,6 +313,7 @@ export class VirtQueue {
         if (((availIdx - this.lastAvailIdx) & 0xffff) === 0) return;
         continue;
       }
+      if (this.inflight >= MAX_INFLIGHT) return; // complete() resumes us
       if (budget-- <= 0) {
         this.scheduleProcess();
         return;
@@ -403,6 +409,7 @@ export class VirtQueue {
     if (chain.generation !== this.generation || !this.started) return;
     this.inflight--;
     this.publishUsed(chain.head, Math.min(Math.max(0, written), chain.writableLength));
+    if (this.inflight === MAX_INFLIGHT - 1) this.scheduleProcess();
     if (this.inflight === 0 && this.drainWaiters.length) {
       const w = this.drainWaiters;
       this.drainWaiters = [];
