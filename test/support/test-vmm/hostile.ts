@@ -137,6 +137,20 @@ export class HostileGuest {
   }
 
   /**
+   * Moves avail.idx `by` entries ahead (more than the queue size: a corrupt ring) and reports
+   * how many used entries came back within the timeout. A device must not serve garbage heads
+   * in a loop; returning nothing, or marking the ring broken, is fine.
+   */
+  async availIndexJump(by: number): Promise<{ used: number; anomalies: number }> {
+    const before = this.q.completed;
+    const anomalies = this.q.anomalies.length;
+    this.q.rawSetAvailIdx(this.q.nextAvail + by);
+    await new Promise((r) => setTimeout(r, this.timeoutMs));
+    this.q.drain();
+    return { used: this.q.completed - before, anomalies: this.q.anomalies.length - anomalies };
+  }
+
+  /**
    * The standard hostile set (issue 4): loops, chains longer than the queue, addresses outside
    * guest memory, zero and huge lengths, truncated FUSE headers, unknown opcodes, plus a few
    * more. Cases that leave the ring without free descriptors run last.
@@ -234,6 +248,19 @@ export class HostileGuest {
     await add('readable descriptor after a writable one', () => {
       const rq = getattr(); const out = reply();
       return { descs: linked([R(true, out, 120), R(false, rq.gpa, rq.len)]) };
+    });
+    await add('request header only in a device-writable descriptor', () => {
+      const rq = getattr(); const out = reply();
+      return { descs: linked([R(true, rq.gpa, rq.len), R(true, out, 120)]) };
+    });
+    await add('fuse_in_header.len of 2 GiB', () => {
+      const rq = this.request(Op.GETATTR, 1n, this.getattrArgs(), 0x8000_0000); const out = reply();
+      return { descs: linked([R(false, rq.gpa, rq.len), R(true, out, 120)]), reply: out };
+    });
+    await add('READDIR of 4 GiB-1 into a 64-byte buffer', () => {
+      const a = Buffer.alloc(40); a.writeBigUInt64LE(0n, 0); a.writeUInt32LE(0xffff_ffff, 16);
+      const rq = this.request(Op.READDIR, 1n, a); const out = reply(64);
+      return { descs: linked([R(false, rq.gpa, rq.len), R(true, out, 64)]), reply: out };
     });
     await add('LOOKUP name without NUL and 64 KiB long', () => {
       const rq = this.request(Op.LOOKUP, 1n, Buffer.alloc(65536, 0x61)); const out = reply(16 + 128);

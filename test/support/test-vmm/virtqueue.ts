@@ -191,6 +191,16 @@ export class Virtqueue {
     if (kick) this.kick();
   }
 
+  /**
+   * Hostile: moves avail.idx to `idx` without filling the ring entries in between (e.g. more
+   * than the queue size ahead of the device) and kicks.
+   */
+  rawSetAvailIdx(idx: number): void {
+    this.availIdx = idx & 0xffff;
+    this.availView().writeUInt16LE(this.availIdx, 2);
+    this.kick();
+  }
+
   kick(): void {
     if (this.closed) return;
     this.kicks++;
