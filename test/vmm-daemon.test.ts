@@ -52,6 +52,7 @@ test('daemon: negotiation and a READDIRPLUS walk equal to plain.expected.json', 
       assert.ok(t.vmm.has(f), `protocol feature ${f} negotiated`);
     }
     assert.ok(t.vmm.queueNum >= 3, 'two request queues + hiprio offered');
+    assert.deepEqual(await t.vmm.virtioFsConfig(), { tag: 'erofs', numRequestQueues: 2 }, 'GET_CONFIG: tag and queues');
     const m = await t.client.walk({ readdirplus: true });
     assert.deepEqual(diffManifests(expected, m), []);
     await t.client.settle();

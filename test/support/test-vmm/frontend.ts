@@ -335,6 +335,27 @@ export class VhostUserFrontend {
     });
   }
 
+  /**
+   * GET_CONFIG (needs the CONFIG protocol feature): `size` bytes of device config space at
+   * `offset`. For virtio-fs: tag[36] then le32 num_request_queues.
+   */
+  async getConfig(offset = 0, size = 40): Promise<Buffer> {
+    if (!this.has(ProtoFeature.CONFIG)) throw new VhostUserError('CONFIG protocol feature not negotiated');
+    const p = Buffer.alloc(12 + size);
+    p.writeUInt32LE(offset, 0);
+    p.writeUInt32LE(size, 4);
+    const r = await this.get(Req.GET_CONFIG, p);
+    if (r.length < 12 + size) throw new VhostUserError(`short GET_CONFIG reply (${r.length} bytes)`);
+    return r.subarray(12, 12 + size);
+  }
+
+  /** The virtio-fs config: mount tag and number of request queues. */
+  async virtioFsConfig(): Promise<{ tag: string; numRequestQueues: number }> {
+    const c = await this.getConfig(0, 40);
+    const end = c.indexOf(0);
+    return { tag: c.subarray(0, end < 0 || end > 36 ? 36 : end).toString('utf8'), numRequestQueues: c.readUInt32LE(36) };
+  }
+
   // ---- back-end channel ------------------------------------------------------------------
   private onBackendReadable(): void {
     const buf = Buffer.alloc(4096);
