@@ -135,6 +135,41 @@ again, _ = read(fd, 4096)
 print(json.dumps({'entries': ents, 'calls': calls, 'restarts': restarts, 'again': [x[0] for x in again]}))
 `;
 
+/**
+ * For each path: can uid/gid open it for reading (files), list it (dirs), read the link? Paths
+ * resolve from a directory fd opened by us (root), so the checkout's own location does not matter.
+ */
+function accessMap(root: string, rels: string[], uid: number, gid: number): Record<string, string> {
+  const py = String.raw`
+import os, sys, json, stat
+out = {}
+for rel in sys.stdin.read().split('\0'):
+    p = rel or '.'
+    try:
+        st = os.lstat(p, dir_fd=3)
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(p, os.O_RDONLY | os.O_DIRECTORY, dir_fd=3)
+            try: os.listdir(fd)
+            finally: os.close(fd)
+        elif stat.S_ISREG(st.st_mode): os.close(os.open(p, os.O_RDONLY, dir_fd=3))
+        elif stat.S_ISLNK(st.st_mode): os.readlink(p, dir_fd=3)
+        out[rel] = 'ok'
+        if stat.S_ISREG(st.st_mode) and os.access(p, os.X_OK, dir_fd=3): out[rel] = 'ok+x'
+    except OSError as e:
+        out[rel] = os.strerror(e.errno)
+print(json.dumps(out))
+`;
+  const dirFd = fs.openSync(root, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    const out = execFileSync('setpriv', [`--reuid=${uid}`, `--regid=${gid}`, '--clear-groups', '/usr/bin/python3', '-c', py], {
+      input: rels.join('\0'), encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['pipe', 'pipe', 'pipe', dirFd],
+    });
+    return JSON.parse(out) as Record<string, string>;
+  } finally {
+    fs.closeSync(dirFd);
+  }
+}
+
 interface Getdents {
   entries: [string, number, number][];
   calls: number;
@@ -167,7 +202,23 @@ for (const [variant, fullWalk] of [['plain', true], ['chunked-blobdev', false]] 
   test(`generated ${variant} image: ${fullWalk ? 'walk, ' : ''}10,000-entry readdir continuation, SEEK_DATA/SEEK_HOLE`, async () => {
     const img = buildImage(variant);
     await withBoth(img.path, img.devices, (fuse, loop) => {
-      if (fullWalk) compareTrees(fuse.dir, loop);
+      if (fullWalk) {
+        compareTrees(fuse.dir, loop);
+        // Permission checks (modes, owners, POSIX ACLs) as unprivileged users: the kernel decides
+        // from our attributes and ACL xattrs exactly as from its own EROFS inodes.
+        const rels = Object.keys(manifestFromDirectory(loop, { noHash: true })).filter((p) => !p.startsWith(`${img.tree.bigDir}/`));
+        // uid 1000 gets x on acl/user only through its ACL entry; gid 200 is denied acl/users-groups
+        // by a named-group entry although "other" may read.
+        for (const [uid, gid] of [[65534, 65534], [1000, 1000], [2000, 100], [1234, 5678], [3000, 200]] as const) {
+          const f = accessMap(fuse.dir, rels, uid, gid);
+          const k = accessMap(loop, rels, uid, gid);
+          const bad = rels.filter((r) => f[r] !== k[r]).slice(0, 10).map((r) => `${r}: kernel ${k[r]} fuse ${f[r]}`);
+          assert.deepEqual(bad, [], `uid ${uid}: same access decisions`);
+          assert.ok(Object.values(k).some((v) => !v.startsWith('ok')) && Object.values(k).some((v) => v.startsWith('ok')), 'both outcomes occur');
+          if (uid === 1000) assert.equal(k['acl/user'], 'ok+x', 'the ACL grants x');
+          if (gid === 200) assert.equal(k['acl/users-groups'], 'Permission denied', 'the named group entry denies');
+        }
+      }
 
       // Readdir of the big directory in ~3-entry getdents calls, then restarts at cookies.
       const bigF = getdents(path.join(fuse.dir, img.tree.bigDir), 160);
