@@ -36,6 +36,8 @@ export interface VirtioFsDeviceOptions {
   /** Called with the back-end channel when the front-end provides one (DAX uses it). */
   onBackendChannel?: (ch: BackendChannel | null) => void;
   onReset?: (reason: string) => void;
+  /** Called with the features the front-end acknowledged (DAX needs the SHMEM protocol bit). */
+  onFeaturesAcked?: (features: bigint, protocolFeatures: bigint) => void;
 }
 
 export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
@@ -90,6 +92,10 @@ export class VirtioFsDevice implements VhostUserDevice {
   getConfig(offset: number, size: number): Buffer | null {
     if (offset > VIRTIO_FS_CONFIG_SIZE || size > VIRTIO_FS_CONFIG_SIZE - offset) return null;
     return Buffer.from(this.config.subarray(offset, offset + size));
+  }
+
+  featuresAcked(features: bigint, protocolFeatures: bigint): void {
+    this.opts.onFeaturesAcked?.(features, protocolFeatures);
   }
 
   backendChannel(ch: BackendChannel | null): void {
