@@ -38,6 +38,13 @@ export class DaxWindow {
     return this.ranges.length;
   }
 
+  /** Live ranges counted per backing domain (for stats). */
+  rangesByDomain(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const r of this.ranges) out.set(r.backing.domain, (out.get(r.backing.domain) ?? 0) + 1);
+    return out;
+  }
+
   /**
    * FUSE_SETUPMAPPING: map backing bytes [fileOffset, fileOffset+length) at window offset
    * `windowOffset`. Both offsets and the length must be page-aligned; the range must lie inside

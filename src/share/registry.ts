@@ -161,6 +161,25 @@ export class ShareRegistry {
     return backing;
   }
 
+  /**
+   * A backing for a file that has no shared one (sharing off, no fingerprint, refused claim),
+   * so DAX can still map it: private to that (image, file), never joined by anything else.
+   */
+  privateBackingFor(image: ImageRegistration, nid: number): Backing | undefined {
+    const attr = image.reader.getAttr(nid);
+    if (attr.type !== 'file' || attr.size === 0) return undefined;
+    const key = `${image.domain}\u0000private-${image.id}-${nid}\u0000${attr.size}`;
+    let backing = this.backings.get(key);
+    if (!backing || backing.closed) {
+      const holder: Holder = { image, imageId: image.id, nid, read: (offset, length) => image.reader.read(nid, offset, length) };
+      backing = this.createBacking(key, holder, false);
+      this.backings.set(key, backing);
+      this.enforceBudget(backing);
+    }
+    backing.lastUse = ++this.useClock;
+    return backing;
+  }
+
   private resolveKey(image: ImageRegistration, nid: number): string | null {
     const attr = image.reader.getAttr(nid);
     if (attr.type !== 'file' || attr.size === 0) return null;
@@ -189,7 +208,7 @@ export class ShareRegistry {
     return key;
   }
 
-  private createBacking(key: string, holder: Holder): Backing {
+  private createBacking(key: string, holder: Holder, shareable = true): Backing {
     const [domain, digestHex, sizeText] = key.split('\u0000') as [string, string, string];
     const size = Number(sizeText);
     const plain = this.plainRange(holder, size);
@@ -197,7 +216,8 @@ export class ShareRegistry {
       const b = ImageRangeBacking.create(key, domain, digestHex, size, plain.path, plain.physical, holder);
       if (b) return b;
     }
-    return new BlobBacking(key, domain, digestHex, size, holder, this.options.blobDir);
+    // A private backing never goes to the blob directory: its name would not identify content.
+    return new BlobBacking(key, domain, digestHex, size, holder, shareable ? this.options.blobDir : undefined);
   }
 
   /** The file's data as one contiguous uncompressed extent in one device file, if it is. */
