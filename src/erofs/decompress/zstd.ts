@@ -170,9 +170,23 @@ function oneShot(frame: Buffer): Uint8Array {
   }
 }
 
+/** The smallest window descriptor byte whose window is at least `need` bytes. */
+function windowDescriptorFor(need: number): number {
+  for (let e = 0; e < 32; e++) {
+    const base = 2 ** (10 + e);
+    for (let m = 0; m < 8; m++) if (base + (base / 8) * m >= need) return (e << 3) | m;
+  }
+  return 0xff;
+}
+
 /**
  * Frames without a content size (or a huge one): fzstd's streaming decoder, fed one block at a
- * time so decoding stops once `out` is full. Returns the new output position.
+ * time so decoding stops once `out` is full. fzstd allocates the header's window and copies all
+ * of it after every block, so the header is rewritten to declare the smallest window that still
+ * holds everything we will decode (what is left of `out` plus one block): back-references of a
+ * dictionary-less frame only reach into its own output, and fzstd never reads beyond what we
+ * let it produce (measured: 30 KB from a 2 MiB-window frame took 15-60 ms, now a fraction).
+ * Returns the new output position.
  */
 function streamed(src: Buffer, f: Frame, out: Buffer, op: number): number {
   const d = new Decompress((chunk: Uint8Array) => {
@@ -184,7 +198,16 @@ function streamed(src: Buffer, f: Frame, out: Buffer, op: number): number {
   });
   let p = f.start;
   for (const cut of f.cuts) {
-    d.push(src.subarray(p, cut), cut === f.end);
+    let chunk = src.subarray(p, cut);
+    if (p === f.start && ((src[f.start + 4] >> 5) & 1) === 0) {
+      const declared = src[f.start + 5];
+      const wanted = windowDescriptorFor(out.length - op + MAX_BLOCK);
+      if (wanted < declared) {
+        chunk = Buffer.from(chunk);
+        chunk[5] = wanted;
+      }
+    }
+    d.push(chunk, cut === f.end);
     p = cut;
     if (op >= out.length) break;
   }
