@@ -327,7 +327,15 @@ static void mapping_finalize(napi_env env, void *data, void *hint) {
   free(m);
 }
 
+/* Node 20 cannot wrap more than 4 GiB in one ArrayBuffer, and when the wrapping fails it may
+ * already have run the finalizer: refuse such lengths up front (callers map in chunks). */
+#define MAX_MAPPING_BYTES (((size_t)1) << 32)
+
 static napi_value wrap_mapping(napi_env env, void *addr, size_t len) {
+  if (len > MAX_MAPPING_BYTES) {
+    munmap(addr, len);
+    return throw_errno(env, "mmap", EFBIG);
+  }
   mapping_t *m = malloc(sizeof *m);
   if (!m) {
     munmap(addr, len);

@@ -125,3 +125,18 @@ test('errors carry errno names', () => {
   assert.throws(() => native.eventfdRead(987654), (e) => isNativeError(e, 'EBADF'));
   assert.throws(() => native.unixConnect('/nonexistent/socket'), (e) => isNativeError(e, 'ENOENT'));
 });
+
+test('a mapping larger than one ArrayBuffer can hold is refused with EFBIG, not an abort', () => {
+  const { MFD_CLOEXEC, PROT_READ, MAP_SHARED } = native.constants;
+  const fd = native.memfdCreate('too-big', MFD_CLOEXEC);
+  try {
+    const len = 5 * 2 ** 30; // sparse: no memory is used
+    native.ftruncate(fd, len);
+    assert.throws(() => native.mmap(fd, 0, len, PROT_READ, MAP_SHARED), (e: unknown) => isNativeError(e, 'EFBIG'));
+    const ok = native.mmap(fd, 0, 2 ** 30, PROT_READ, MAP_SHARED);
+    assert.equal(ok.byteLength, 2 ** 30);
+    native.munmap(ok);
+  } finally {
+    fs.closeSync(fd);
+  }
+});
