@@ -35,7 +35,7 @@ const MAX_DIR_ENTRIES = 20_000;
 const READDIR_BATCH = 97;
 const READ_CHUNK = 65_536;
 const MAX_FILE_READ = 1 << 20;
-const MAX_TOTAL_READ = 16 << 20;
+const MAX_TOTAL_READ = 8 << 20;
 
 // ---- crc32c (Castagnoli), the kernel's raw form: no final xor
 const CRC_TABLE = (() => {
@@ -104,6 +104,7 @@ function locateRegions(img: Buffer, reader: ErofsReader): Record<Category, Regio
   const meta: Region[] = [[0, bs]];
   for (const [nid, type] of types) {
     const off = metaBlk * bs + nid * 32;
+    if (off + 64 > img.length) continue; // layouts this simple locator does not model (metabox, 48-bit)
     const fmt = img.readUInt16LE(off);
     const ext = fmt & 1;
     const layout = (fmt >> 1) & 7;
