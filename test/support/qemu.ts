@@ -311,3 +311,30 @@ export function comparableResults(run: GuestRun, opts: { root?: string; skip?: s
       return JSON.parse(json) as Record<string, unknown>;
     });
 }
+
+/**
+ * For the benchmark: the guest-side wall time of the full tree walk (guest-tests `walk`) over the
+ * generated tree, C virtiofsd serving the unpacked tree vs erofs-vfsd serving its plain image,
+ * one boot each. ratio = erofs-vfsd / virtiofsd (lower is better for erofs-vfsd).
+ */
+export async function compareGuestWalk(kind: GuestImageKind = 'plain'): Promise<{ virtiofsdMs: number; erofsVfsdMs: number; ratio: number; sameManifest: boolean }> {
+  ensureGuest();
+  const tree = guestTree();
+  const image = guestImage(kind);
+  const ms: number[] = [];
+  const hashes: unknown[] = [];
+  for (const which of ['virtiofsd', 'erofs-vfsd'] as const) {
+    const sock = path.join(QEMU_CACHE, `walk-bench-${which}.sock`);
+    const b = which === 'virtiofsd' ? await startVirtiofsd(tree, sock) : await startErofsVfsd([{ path: image }], sock);
+    try {
+      const run = await bootGuest(sock, { label: `walk-bench-${which}`, tests: ['walk'] });
+      const walk = run.byTest.get('walk')?.[0];
+      if (!walk?.ok || typeof walk.ms !== 'number') throw new Error(`${which}: guest walk failed\n${run.console.slice(-2000)}`);
+      ms.push(walk.ms);
+      hashes.push(walk.manifest_sha256);
+    } finally {
+      await b.stop();
+    }
+  }
+  return { virtiofsdMs: ms[0]!, erofsVfsdMs: ms[1]!, ratio: ms[1]! / ms[0]!, sameManifest: hashes[0] === hashes[1] };
+}
