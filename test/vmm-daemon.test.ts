@@ -149,6 +149,8 @@ test('daemon: 20 connect → serve → disconnect cycles leak no fds or mappings
   const fds0 = procFds(pid);
   const maps0 = procMaps(pid).length;
   const files0 = imageAndLibMaps(pid);
+  const selfFds0 = procFds(process.pid).length;
+  const selfMemfd0 = memfdMaps(process.pid).length;
   for (let i = 0; i < 20; i++) {
     await connectedTo(async (t) => {
       assert.ok(memfdMaps(pid).length >= 1, 'guest memory mapped while connected');
@@ -159,6 +161,9 @@ test('daemon: 20 connect → serve → disconnect cycles leak no fds or mappings
   assert.ok(await eventually(() => procFds(pid).length === fds0.length), 'fd count back to baseline');
   assert.deepEqual(procFds(pid).length, fds0.length, `fds before:\n${fds0.join('\n')}\nafter:\n${procFds(pid).join('\n')}`);
   assert.deepEqual(imageAndLibMaps(pid), files0, 'file-backed mappings (guest RAM, images) unchanged');
+  // The test VMM itself (this process) gave back its memfds, eventfds and sockets too.
+  assert.equal(procFds(process.pid).length, selfFds0, 'front-end fds back to baseline');
+  assert.equal(memfdMaps(process.pid).length, selfMemfd0, 'front-end guest RAM unmapped');
   const maps1 = procMaps(pid).length;
   // Anonymous mappings belong to the JS heap and malloc, which may grow a little; a mapping
   // leaked per cycle (40 here) would not hide under this bound.
