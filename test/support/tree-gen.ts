@@ -5,7 +5,9 @@
 // owners, mtimes with nanoseconds), so images built from it can be cached.
 //
 // Node creates the content; one python3 process then applies what Node cannot (mknod, mkfifo,
-// sockets, lchown, xattrs, setfacl, nanosecond utimes) in a safe order.
+// sockets, hard links once their targets exist, lchown, xattrs, setfacl, nanosecond utimes) in a
+// safe order. mkfs.erofs 1.5 limits: no 255-byte names (it fails), and compact inodes cannot hold
+// 32-bit uid/gid (build-images leaves those two files out of compact variants).
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
