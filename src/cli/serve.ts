@@ -7,9 +7,12 @@ import type { Argv } from 'yargs';
 import { openImage, type ErofsReader } from '../erofs/index.js';
 import { FuseServer } from '../fuse/server.js';
 import { ImageTree } from '../vfs/index.js';
-import { VhostUserServer } from '../vhost-user/index.js';
+import { ProtoFeature, VhostUserServer, bit } from '../vhost-user/index.js';
 import { VirtioFsDevice } from '../daemon/virtio-fs.js';
 import { createLogger, type Logger } from '../daemon/logger.js';
+import { ShareService, type DaxPolicy, type DaxProtocol } from '../daemon/share.js';
+import { startControlServer, type ControlServer } from '../daemon/control.js';
+import type { FingerprintSource } from '../share/fingerprint.js';
 
 export const SAMPLE_SOCKET = '/tmp/erofs-vfsd.sock';
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -29,6 +32,22 @@ export interface ServeArgs {
   reconnect?: boolean;
   logLevel?: string;
   sample?: boolean;
+  // ---- page sharing and DAX (issue 5) ----
+  /** Where fingerprints come from: the image's xattr (digest or --fingerprint-xattr), computed, or none. */
+  fingerprint?: string;
+  fingerprintIndex?: string;
+  fingerprintXattr?: string;
+  /** on | off */
+  share?: string | boolean;
+  shareVerify?: boolean;
+  shareAcrossDomains?: boolean;
+  blobDir?: string;
+  shareCacheSize?: string | number;
+  daxProtocol?: string;
+  daxPolicy?: string;
+  daxMinSize?: string | number;
+  daxWindowSize?: string | number;
+  controlSocket?: string;
 }
 
 export interface ImageSpec {
@@ -86,6 +105,19 @@ export function serveBuilder<T>(y: Argv<T>) {
     .option('cache', { choices: ['auto', 'always', 'never'] as const, default: 'auto', describe: 'guest caching (images are immutable: caching is safe)' })
     .option('reconnect', { type: 'boolean', default: false, describe: 'after the VMM disconnects, wait for the next connection instead of exiting' })
     .option('log-level', { type: 'string', default: 'info', describe: 'fatal|error|warn|info|debug|trace|silent' })
+    .option('fingerprint', { choices: ['xattr', 'compute', 'off'] as const, default: 'xattr', describe: "file fingerprints: the image's digest xattr (or --fingerprint-xattr), SHA-256 computed by the daemon, or none" })
+    .option('fingerprint-index', { type: 'string', describe: 'directory for the sidecar index of computed fingerprints (keyed by image identity)' })
+    .option('fingerprint-xattr', { type: 'string', describe: 'read fingerprints from this plain xattr (e.g. user.digest) instead of the digest xattr' })
+    .option('share', { choices: ['on', 'off'] as const, default: 'on', describe: 'one host copy per (domain, fingerprint); off = every read takes the per-file path' })
+    .option('share-verify', { type: 'boolean', default: false, describe: 'hash content before a file joins a shared backing' })
+    .option('share-across-domains', { type: 'boolean', default: false, describe: 'share between trust domains (implies --share-verify)' })
+    .option('blob-dir', { type: 'string', describe: 'directory for materialised blobs shared by several daemon processes (default: memfd)' })
+    .option('share-cache-size', { type: 'string', describe: 'memory budget for materialised blobs, bytes (K/M/G suffixes; default 1G)' })
+    .option('dax-protocol', { choices: ['shmem', 'fs-map'] as const, default: 'shmem', describe: 'DAX map dialect: SHMEM_MAP (needs the SHMEM protocol feature) or legacy FS_MAP' })
+    .option('dax-policy', { choices: ['always', 'shared', 'never'] as const, default: 'shared', describe: 'FUSE_ATTR_DAX per inode (dax=inode mounts)' })
+    .option('dax-min-size', { type: 'string', describe: "smallest file given FUSE_ATTR_DAX under --dax-policy=shared (bytes; default 0)" })
+    .option('dax-window-size', { type: 'string', describe: "the guest's DAX window size (bytes; default 1G; 0 = no DAX)" })
+    .option('control-socket', { type: 'string', describe: 'Unix socket for `erofs-vfsd stats` / `drop-cache`' })
     .option('sample', { type: 'boolean', describe: `serve the bundled sample image on ${SAMPLE_SOCKET} and print a QEMU command line` });
 }
 
@@ -117,8 +149,42 @@ export function cacheOptions(args: Pick<ServeArgs, 'cache' | 'entryTimeout' | 'a
   return o;
 }
 
+/** Parses a byte count with an optional K/M/G/T suffix (powers of 1024). */
+export function parseSize(v: string | number | undefined, name: string, dflt: number): number {
+  if (v === undefined || v === '') return dflt;
+  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?[bB])?$/.exec(String(v).trim());
+  if (!m) throw new Error(`--${name}: expected a byte count like 4096, 64M or 1G, got '${String(v)}'`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const n = Math.floor(Number(m[1]) * mult);
+  if (!Number.isSafeInteger(n)) throw new Error(`--${name}: too large`);
+  return n;
+}
+
+export function fingerprintSource(args: Pick<ServeArgs, 'fingerprint' | 'fingerprintIndex' | 'fingerprintXattr'>): FingerprintSource {
+  switch (args.fingerprint ?? 'xattr') {
+    case 'xattr':
+      return args.fingerprintXattr ? { kind: 'xattr', name: args.fingerprintXattr } : { kind: 'image-digest' };
+    case 'compute':
+      return { kind: 'compute', indexDir: args.fingerprintIndex };
+    case 'off':
+      return { kind: 'off' };
+    default:
+      throw new Error(`--fingerprint ${args.fingerprint}: expected xattr, compute or off`);
+  }
+}
+
+function shareEnabled(v: string | boolean | undefined): boolean {
+  if (v === undefined || v === true || v === 'on') return true;
+  if (v === false || v === 'off') return false;
+  throw new Error(`--share ${String(v)}: expected on or off`);
+}
+
 export interface ServeDaemon {
   server: VhostUserServer;
+  /** One server per --socket-path (one VM each); `server` is the first. */
+  servers: VhostUserServer[];
+  share: ShareService;
+  control?: ControlServer;
   readers: ErofsReader[];
   log: Logger;
   /** Resolves with the reason the server finished. */
@@ -142,39 +208,94 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
     for (const r of readers) r.close();
     throw e;
   }
-  const tree = new ImageTree({ images: specs.map((s, i) => ({ name: s.name ?? (specs.length > 1 ? path.basename(s.path).replace(/\.[^.]*$/, '') : undefined), reader: readers[i]! })), ...cacheOptions(args) });
+  const names = specs.map((s) => s.name ?? (specs.length > 1 ? path.basename(s.path).replace(/\.[^.]*$/, '') : undefined));
   const sockets = list(args.socketPath);
-  if (sockets.length > 1) throw new Error('one --socket-path per daemon for now');
   if (sockets.length === 0 && args.fd === undefined) throw new Error('--socket-path or --fd is required');
+  if (sockets.length > 1 && args.fd !== undefined) throw new Error('--fd serves one VM: use either --fd or --socket-path');
+  if (new Set(sockets).size !== sockets.length) throw new Error('each --socket-path must be distinct');
+  for (const s of specs) if (s.domain !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(s.domain)) throw new Error(`--image ${s.path}: domain '${s.domain}' must be a plain name`);
+  const daxProtocol = (args.daxProtocol ?? 'shmem') as DaxProtocol;
+  if (daxProtocol !== 'shmem' && daxProtocol !== 'fs-map') throw new Error(`--dax-protocol ${args.daxProtocol}: expected shmem or fs-map`);
+  const daxPolicy = (args.daxPolicy ?? 'shared') as DaxPolicy;
+  if (!['always', 'shared', 'never'].includes(daxPolicy)) throw new Error(`--dax-policy ${args.daxPolicy}: expected always, shared or never`);
+  const windowSize = parseSize(args.daxWindowSize, 'dax-window-size', 1 << 30);
+  const pageSize = 4096;
+  if (windowSize % pageSize) throw new Error('--dax-window-size must be a multiple of the page size');
+  // One registry (and one set of readers) for every guest; each guest has its own tree state.
+  const share = new ShareService(
+    specs.map((s, i) => ({ name: names[i] ?? s.name ?? path.basename(s.path), domain: s.domain, paths: [s.path, ...(s.devices.length ? s.devices : devices)], reader: readers[i]! })),
+    {
+      share: {
+        enabled: shareEnabled(args.share),
+        verify: args.shareVerify ?? false,
+        acrossDomains: args.shareAcrossDomains ?? false,
+        budgetBytes: parseSize(args.shareCacheSize, 'share-cache-size', 1 << 30),
+        blobDir: args.blobDir,
+      },
+      fingerprint: fingerprintSource(args),
+      dax: { policy: daxPolicy, minSize: parseSize(args.daxMinSize, 'dax-min-size', 0), windowSize, protocol: daxProtocol },
+      log,
+    },
+  );
   const tag = args.tag ?? 'erofs';
   const numRequestQueues = args.numRequestQueues ?? 1;
   const fuseLog = log.child({ component: 'fuse' });
-  let lastSession: FuseServer | undefined;
   // Validate the device options once before listening.
   new VirtioFsDevice({ tag, numRequestQueues, server: { handle: async () => null }, log });
-  const server = new VhostUserServer({
-    socketPath: sockets[0],
-    fd: args.fd,
-    reconnect: args.reconnect ?? false,
-    log,
-    // A FUSE session per connection; the image tree (and its readers) is shared. A front-end
-    // that reconnects under a live guest (or a restarted daemon) sends no new INIT: each session
-    // starts as resumed, with the previous session's negotiation when there was one; a new
-    // guest's INIT simply renegotiates.
-    createDevice: () => {
-      const fuse = new FuseServer(tree, { logger: fuseLog, resume: lastSession?.negotiated ?? true });
-      lastSession = fuse;
-      return new VirtioFsDevice({ tag, numRequestQueues, server: fuse, log });
-    },
+  const cache = cacheOptions(args);
+  const endpoints: { socketPath?: string; fd?: number }[] = sockets.length ? sockets.map((p) => ({ socketPath: p })) : [{ fd: args.fd }];
+  const servers = endpoints.map((ep, i) => {
+    const guest = share.guest(ep.socketPath ?? `fd${ep.fd}`);
+    const tree = new ImageTree({ images: readers.map((reader, k) => ({ name: names[k], reader })), hooks: guest.hooks, ...cache });
+    let lastSession: FuseServer | undefined;
+    const vmLog = endpoints.length > 1 ? log.child({ vm: i }) : log;
+    return new VhostUserServer({
+      socketPath: ep.socketPath,
+      fd: ep.fd,
+      reconnect: args.reconnect ?? false,
+      log: vmLog,
+      // A FUSE session per connection; the image tree (lookup counts, handles) is per VM and the
+      // readers and share registry are common to all. A front-end that reconnects under a live
+      // guest (or a restarted daemon) sends no new INIT: each session starts as resumed, with
+      // the previous session's negotiation when there was one; a new guest's INIT renegotiates.
+      createDevice: () => {
+        const fuse = new FuseServer(tree, guest.bindFuseOptions({ logger: fuseLog, resume: lastSession?.negotiated ?? true }));
+        lastSession = fuse;
+        return new VirtioFsDevice({
+          tag, numRequestQueues, server: fuse, log: vmLog,
+          protocolFeatures: daxProtocol === 'shmem' && windowSize > 0 ? bit(ProtoFeature.SHMEM) : 0n,
+          onFeaturesAcked: (f, pf) => guest.featuresAcked(f, pf),
+          onBackendChannel: (ch) => guest.backendChannel(ch),
+          onReset: () => guest.reset(),
+        });
+      },
+    });
   });
-  server.start();
-  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues }, 'serving');
+  for (const srv of servers) srv.start();
+  let control: ControlServer | undefined;
+  if (args.controlSocket) {
+    control = startControlServer(args.controlSocket, (cmd) => {
+      if (cmd === 'stats') return share.stats();
+      if (cmd === 'drop-cache') return { dropped: share.dropCache() };
+      return { error: `unknown command '${cmd}' (stats, drop-cache)` };
+    }, log);
+  }
+  const server = servers[0]!;
+  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues, vms: servers.length, share: shareEnabled(args.share) }, 'serving');
+  const done = Promise.all(servers.map((s) => s.done)).then((reasons) => {
+    control?.close();
+    share.close();
+    return reasons[0]!;
+  });
   return {
     server,
+    servers,
+    share,
+    control,
     readers,
     log,
-    done: server.done,
-    stop: (reason = 'stopped') => server.stop(reason),
+    done,
+    stop: (reason = 'stopped') => { for (const s of servers) s.stop(reason); },
   };
 }
 
