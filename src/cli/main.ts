@@ -81,6 +81,24 @@ async function main(): Promise<void> {
         await runServe(argv);
       },
     )
+    .command(
+      'stats',
+      "a running daemon's page-sharing statistics per trust domain (JSON)",
+      (y) => y.option('control-socket', { type: 'string', demandOption: true, describe: 'the daemon\'s --control-socket' }),
+      async (argv) => {
+        const { runStats } = await import('./stats.js');
+        process.exitCode = await runStats({ controlSocket: argv['control-socket'] });
+      },
+    )
+    .command(
+      'drop-cache',
+      'ask a running daemon to release clean, unmapped shared blobs',
+      (y) => y.option('control-socket', { type: 'string', demandOption: true, describe: 'the daemon\'s --control-socket' }),
+      async (argv) => {
+        const { runDropCache } = await import('./stats.js');
+        process.exitCode = await runDropCache({ controlSocket: argv['control-socket'] });
+      },
+    )
     .demandCommand(1, 'a command is required (see --help)')
     .strict()
     .recommendCommands()
