@@ -40,6 +40,10 @@ export function tempSocketPath(tag: string): string {
 
 function launch(cmd: string, args: string[], socketPath: string, ready: (err: string) => boolean, timeoutMs: number): Promise<Backend> {
   const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  // A test that dies without stop() must not leave a back-end running.
+  const reap = () => { if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL'); };
+  process.once('exit', reap);
+  proc.once('exit', () => process.removeListener('exit', reap));
   let err = '';
   proc.stderr!.setEncoding('utf8');
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
