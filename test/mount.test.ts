@@ -299,6 +299,39 @@ test('SEEK_DATA/SEEK_HOLE reach the server: a null-chunk file is one hole throug
   }
 });
 
+test('no leak: after the kernel drops its dentries (FORGET), the tree holds only the root', async () => {
+  const image = path.join(SHARED_IMAGES, 'plain.erofs');
+  const fuse = await fuseMount(image, { logLevel: 'info' });
+  const stats = async (): Promise<{ nodes: number; handles: number; dynamic: number }> => {
+    const before = fuse.stderr().split('\n').filter((l) => l.includes('"stats"')).length;
+    fuse.child.kill('SIGUSR2');
+    for (let i = 0; i < 200; i++) {
+      const lines = fuse.stderr().split('\n').filter((l) => l.includes('"stats"'));
+      if (lines.length > before) return (JSON.parse(lines[lines.length - 1]!) as { stats: { nodes: number; handles: number; dynamic: number } }).stats;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    throw new Error('no stats line');
+  };
+  try {
+    const m = manifestFromDirectory(fuse.dir);
+    const n = Object.keys(m).length;
+    const during = await stats();
+    assert.ok(during.nodes > n / 2, `nodes referenced after a walk (${during.nodes} for ${n} paths)`);
+    assert.equal(during.handles, 0, 'every open was released');
+    // Ask the kernel to evict unused dentries and inodes: it sends FORGET/BATCH_FORGET.
+    let after = during;
+    for (let i = 0; i < 20 && after.nodes > 1; i++) {
+      fs.writeFileSync('/proc/sys/vm/drop_caches', '2');
+      await new Promise((r) => setTimeout(r, 100));
+      after = await stats();
+    }
+    assert.deepEqual(after, { nodes: 1, handles: 0, dynamic: 0 }, 'only the root is left');
+    assert.equal(await fuse.stop('SIGTERM'), 0, fuse.stderr());
+  } finally {
+    fuse.cleanup();
+  }
+});
+
 test('SIGINT unmounts cleanly even while a file is open (lazy unmount), exit 0', async () => {
   const img = buildImage('plain');
   const fuse = await fuseMount(img.path);

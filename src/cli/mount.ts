@@ -83,6 +83,9 @@ export async function runMount(args: MountArgs): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.on('SIGHUP', onSignal);
+  // SIGUSR2: log the tree's bookkeeping (live nodes, open handles) — a leak check from outside.
+  const onStats = () => log.info({ stats: tree.stats() }, 'stats');
+  process.on('SIGUSR2', onStats);
   // A bug must not leave a dead mount behind ("Transport endpoint is not connected").
   const onFatal = (err: unknown) => {
     log.fatal({ err: String((err as Error)?.stack ?? err) }, 'fatal error, detaching the mount');
@@ -100,6 +103,7 @@ export async function runMount(args: MountArgs): Promise<number> {
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
   process.off('SIGHUP', onSignal);
+  process.off('SIGUSR2', onStats);
   process.off('uncaughtException', onFatal);
   process.off('unhandledRejection', onFatal);
   if (!unmounting) {

@@ -22,10 +22,10 @@ export interface FuseMount {
   cleanup(): void;
 }
 
-export async function fuseMount(image: string, opts: { devices?: string[]; args?: string[]; timeoutMs?: number } = {}): Promise<FuseMount> {
+export async function fuseMount(image: string, opts: { devices?: string[]; args?: string[]; timeoutMs?: number; logLevel?: string } = {}): Promise<FuseMount> {
   fs.mkdirSync(path.join(SCRATCH_DIR, 'mnt'), { recursive: true });
   const dir = fs.mkdtempSync(path.join(SCRATCH_DIR, 'mnt', 'fuse-'));
-  const args = [CLI, 'mount', image, dir, ...(opts.devices ?? []).flatMap((d) => ['--device', d]), '--log-level', 'warn', ...(opts.args ?? [])];
+  const args = [CLI, 'mount', image, dir, ...(opts.devices ?? []).flatMap((d) => ['--device', d]), '--log-level', opts.logLevel ?? 'warn', ...(opts.args ?? [])];
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
