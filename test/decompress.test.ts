@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import zlib from 'node:zlib';
 import { decompress, algorithmFromId, type CompressionAlgorithm } from '../src/erofs/decompress/index.js';
 import { ErofsError } from '../src/erofs/api.js';
+import { ZSTD_TIMEOUT_MS } from '../src/erofs/decompress/zstd.js';
 import { lz4CliBlocks, lz4CompressBlock } from './support/lz4-block.js';
 import { rng, sampleData } from './support/corpus.js';
 
@@ -191,6 +192,21 @@ test('zstd: frames from the zstd CLI (levels, checksum, multi-frame), partial', 
   // Dictionary frames are refused.
   const dict = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x21, 0x05, 10, 0x01, 0, 0, 0x61]);
   assertEio(() => decompress('zstd', dict, 10), 'dictionary frame');
+});
+
+test('zstd: a Huffman table that sends fzstd into an endless loop gives EIO within the time limit', () => {
+  // Compressed literals whose FSE-coded Huffman weights use a table where one symbol has the
+  // whole probability: every state reads 0 bits, and fzstd's weight loop never ends.
+  const lit = 2 | (0 << 2) | (100 << 4) | (20 << 14);
+  const body = [lit & 255, (lit >> 8) & 255, (lit >> 16) & 255, 5, 0xf0, 0x03, 0xff, 0xff, 0x01, ...Array(24).fill(0x55)];
+  const bh = 1 | (2 << 1) | (body.length << 3);
+  const frame = Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 0x20, 100, bh & 255, (bh >> 8) & 255, (bh >> 16) & 255, ...body]);
+  const t0 = Date.now();
+  assertEio(() => decompress('zstd', frame, 100), 'endless Huffman weight loop');
+  assert.ok(Date.now() - t0 < ZSTD_TIMEOUT_MS + 3000, `gave up after ${Date.now() - t0} ms`);
+  // The decoder (a fresh worker) still works afterwards.
+  const small = Buffer.from('zstd after a timeout '.repeat(50));
+  assert.deepEqual(decompress('zstd', zstdCli(small, ['-3']), small.length), small);
 });
 
 test('lzma: MicroLZMA built from liblzma raw LZMA1, several lc/lp/pb, partial', () => {
