@@ -10,6 +10,7 @@
 #              plus rofs (every modification must fail with EROFS; only for read-only exports —
 #              on a writable export it really tries to modify xattr/)
 #   GT_OUTDIR  where bulk output goes (default /out)
+#   GT_WALK_ROOT  non-empty: the walk starts at $GT_MNT/$GT_ROOT instead of the mount point
 # The targeted tests use the layout of the generated test tree (test/support/qemu.ts):
 #   dir10k/ (10,000 entries), big/* (large files), xattr/file (several xattrs).
 GT_MNT=${GT_MNT:-/mnt}
@@ -33,7 +34,9 @@ run() { # name, gtest args...
   fi
 }
 
-if want walk; then run walk manifest "$GT_MNT" "$GT_OUTDIR/walk.json"; fi
+# GT_WALK_ROOT=1 (kernel word): the walk covers only $R (one image of a multi-image export)
+W=$GT_MNT; if [ -n "${GT_WALK_ROOT:-}" ]; then W=$R; fi
+if want walk; then run walk manifest "$W" "$GT_OUTDIR/walk.json"; fi
 if want readdir; then run readdir readdir "$R/dir10k"; fi
 if want mmap; then
   for f in "$R"/big/*; do run mmap mmap "$f"; done
