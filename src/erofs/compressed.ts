@@ -18,11 +18,15 @@ export interface CompressedHost {
   readonly sb: Superblock;
   meta(inMetabox: boolean): ByteSource;
   readUnified(addr: number, len: number): Buffer;
+  /** A transient no-copy view of the unified data space when it is memory-mapped. */
+  viewUnified?(addr: number, len: number): Buffer | undefined;
   packedSource(): ByteSource;
 }
 
 interface CompressedFileLike {
   read(offset: number, length: number): Buffer;
+  /** Optional zero-allocation read (count returned, short only at EOF). */
+  readInto?(offset: number, length: number, target: Uint8Array, targetOffset?: number): number;
   mapExtent?(offset: number): ZExtent;
   /** Next data/hole offset at or after offset; -1 when none. */
   seek?(offset: number, whence: 'data' | 'hole'): number;
@@ -52,6 +56,7 @@ export class CompressedReader {
         availableAlgorithms: sb.featureIncompat & INCOMPAT.COMPR_CFGS ? sb.availableComprAlgs : 0,
         algorithmConfigs: sb.comprCfgs,
         readData: (addr, len) => this.host.readUnified(addr, len),
+        viewData: this.host.viewUnified ? (addr, len) => this.host.viewUnified!(addr, len) : undefined,
         readPacked: (offset, len) => this.host.packedSource().read(offset, len),
         cache: new zmap.PclusterCache(this.cacheBytes),
       };
@@ -82,6 +87,17 @@ export class CompressedReader {
     const b = this.file(ino).read(offset, length);
     if (b.length !== length) throw new ErofsError('EIO', `nid ${ino.nid}: compressed read returned ${b.length} of ${length} bytes`);
     return b;
+  }
+
+  /** Exactly `length` bytes (already clamped to EOF) into target[targetOffset, …); no allocation when the file supports it. */
+  readInto(ino: Inode, offset: number, length: number, target: Uint8Array, targetOffset: number): void {
+    const f = this.file(ino);
+    if (typeof f.readInto === 'function') {
+      const n = f.readInto(offset, length, target, targetOffset);
+      if (n !== length) throw new ErofsError('EIO', `nid ${ino.nid}: compressed read returned ${n} of ${length} bytes`);
+      return;
+    }
+    target.set(this.read(ino, offset, length), targetOffset);
   }
 
   seek(ino: Inode, offset: number, whence: 'data' | 'hole'): number {

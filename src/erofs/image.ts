@@ -144,6 +144,11 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     return this.device(m.device).read(m.physical, len);
   }
 
+  viewUnified(addr: number, len: number): Buffer | undefined {
+    const m = mapDevice(this, 0, addr);
+    return this.device(m.device).view(m.physical, len);
+  }
+
   inode(nid: number): Inode {
     if (this.closed) throw new ErofsError('EIO', 'image closed');
     if (!Number.isSafeInteger(nid) || nid < 0) throw new ErofsError('EINVAL', `bad nid ${nid}`);
@@ -240,8 +245,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     const n = Math.min(length, ino.size - offset);
     if (targetOffset + n > target.length) throw new ErofsError('EINVAL', 'target buffer too small');
     if (isCompressedLayout(ino.datalayout)) {
-      const b = this.z.read(ino, offset, n);
-      target.set(b, targetOffset);
+      this.z.readInto(ino, offset, n, target, targetOffset);
       return n;
     }
     return readUncompressedInto(this, ino, offset, n, target, targetOffset);

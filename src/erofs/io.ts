@@ -103,7 +103,7 @@ export class Device {
   private closed = false;
   private region?: ArrayBuffer;
   /** The whole file mapped read-only: reads become memcpy instead of a syscall. */
-  private view?: Buffer;
+  private mapping?: Buffer;
 
   constructor(readonly path: string, readonly index: number, useMmap = true) {
     try {
@@ -128,10 +128,10 @@ export class Device {
       if (shim) {
         try {
           this.region = shim.mmap(this.fd, 0, this.size, shim.constants.PROT_READ, shim.constants.MAP_SHARED);
-          this.view = Buffer.from(this.region);
+          this.mapping = Buffer.from(this.region);
         } catch {
           this.region = undefined;
-          this.view = undefined;
+          this.mapping = undefined;
         }
       }
     }
@@ -139,7 +139,7 @@ export class Device {
 
   /** Whether reads go through a memory mapping. */
   get mapped(): boolean {
-    return this.view !== undefined;
+    return this.mapping !== undefined;
   }
 
   /** Fills buf[off, off+len) from device position pos; EIO when out of range or short. */
@@ -149,8 +149,8 @@ export class Device {
     if (!Number.isSafeInteger(pos) || pos < 0 || len < 0 || pos + len > this.size) {
       throw new ErofsError('EIO', `read of ${len} bytes at ${pos} beyond the end of device ${this.index} (${this.size} bytes)`);
     }
-    if (this.view) {
-      this.view.copy(buf, off, pos, pos + len);
+    if (this.mapping) {
+      this.mapping.copy(buf, off, pos, pos + len);
       return;
     }
     let done = 0;
@@ -171,13 +171,25 @@ export class Device {
     return b;
   }
 
+  /**
+   * A read-only view of [pos, pos+len) of the mapping (no copy), or undefined when the device
+   * is not mapped. Only for transient use (decoding, copying out): never cache or return it.
+   */
+  view(pos: number, len: number): Buffer | undefined {
+    if (!this.mapping || this.closed) return undefined;
+    if (!Number.isSafeInteger(pos) || pos < 0 || len < 0 || pos + len > this.size) {
+      throw new ErofsError('EIO', `read of ${len} bytes at ${pos} beyond the end of device ${this.index} (${this.size} bytes)`);
+    }
+    return this.mapping.subarray(pos, pos + len);
+  }
+
   close(): void {
     if (!this.closed) {
       this.closed = true;
       if (this.region) {
         const r = this.region;
         this.region = undefined;
-        this.view = undefined;
+        this.mapping = undefined;
         try {
           loadMmap()?.munmap(r);
         } catch {
