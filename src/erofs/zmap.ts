@@ -19,7 +19,7 @@
 // length), which is what the kernel does for dedupe partial references and harmless otherwise.
 
 import { ErofsError } from './api.js';
-import { decompress, type CompressionAlgorithm } from './decompress/index.js';
+import { decompressInto, type CompressionAlgorithm } from './decompress/index.js';
 
 /** Superblock feature bits this module cares about. */
 export const INCOMPAT_LZ4_0PADDING = 0x1;
@@ -369,17 +369,46 @@ export class CompressedFile {
       return this.extentBytes(e, offset, end - offset, true);
     }
     const out = Buffer.allocUnsafe(end - offset);
+    this.fill(e, offset, end, out, 0);
+    return out;
+  }
+
+  /**
+   * Zero-allocation variant of read(): writes min(length, size - offset) bytes to
+   * target[targetOffset, …) and returns the count. Extents the range covers whole are decoded
+   * straight into `target`; for files larger than a quarter of the pcluster cache they are not
+   * cached either (a sequential stream through a big file would only evict everything else).
+   */
+  readInto(offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
+    if (this.inFragmentRead) throw eio(this.nid, 'fragment refers back into its own file (packed inode)');
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 ||
+        !Number.isSafeInteger(targetOffset) || targetOffset < 0) {
+      throw new ErofsError('EINVAL', `bad read range ${offset}+${length}`);
+    }
+    if (offset >= this.size || length === 0) return 0;
+    const end = Math.min(this.size, offset + length);
+    if (targetOffset + (end - offset) > target.length) throw new ErofsError('EINVAL', 'target buffer too small');
+    this.init();
+    const out = Buffer.isBuffer(target) ? target : Buffer.from(target.buffer, target.byteOffset, target.byteLength);
+    this.fill(this.extentFor(offset), offset, end, out, targetOffset);
+    return end - offset;
+  }
+
+  /** Writes file bytes [offset, end) to out[outOff, …), starting with the extent `e` holding offset. */
+  private fill(e: Ext, offset: number, end: number, out: Buffer, outOff: number): void {
+    const streamBig = this.size > this.img.cache.maxBytes / 4;
     let cur = offset;
     for (;;) {
       const n = Math.min(end, e.la + e.llen) - cur;
-      if (e.src === SRC_HOLE) out.fill(0, cur - offset, cur - offset + n);
-      else if (e.src === SRC_FRAGMENT) this.extentBytes(e, cur, n, false).copy(out, cur - offset);
-      else this.decoded(e).copy(out, cur - offset, cur - e.la, cur - e.la + n);
+      const at = outOff + (cur - offset);
+      if (e.src === SRC_HOLE) out.fill(0, at, at + n);
+      else if (e.src === SRC_FRAGMENT) this.extentBytes(e, cur, n, false).copy(out, at);
+      else if (cur === e.la && n === e.llen) this.decodedInto(e, out, at, !streamBig);
+      else this.decoded(e).copy(out, at, cur - e.la, cur - e.la + n);
       cur += n;
       if (cur >= end) break;
       e = this.extentFor(cur);
     }
-    return out;
   }
 
   /** The extent containing `offset` (offset < size), for SEEK_DATA/SEEK_HOLE and inspection. */
@@ -996,33 +1025,56 @@ export class CompressedFile {
     return fresh ? Buffer.from(s) : s;
   }
 
+  private cacheKey(e: Ext): string {
+    return e.src === SRC_META
+      ? `i${this.nid}:${e.la}:${e.llen}`
+      : `${e.pa}:${e.plen}:${e.llen}:${e.fmt}${e.fmt === FMT_INTERLACED ? ':' + (e.la % this.bs) : ''}`;
+  }
+
   private decoded(e: Ext): Buffer {
-    const key =
-      e.src === SRC_META
-        ? `i${this.nid}:${e.la}:${e.llen}`
-        : `${e.pa}:${e.plen}:${e.llen}:${e.fmt}${e.fmt === FMT_INTERLACED ? ':' + (e.la % this.bs) : ''}`;
+    const key = this.cacheKey(e);
     const cache = this.img.cache;
     const hit = cache.get(key);
     if (hit) return hit;
+    const out = Buffer.allocUnsafe(e.llen);
+    this.decode(e, out, 0);
+    cache.set(key, out);
+    return out;
+  }
+
+  /**
+   * The whole extent `e` into out[at, at + e.llen): from the cache when it holds it, else decoded
+   * in place (and then copied into the cache when `keep`).
+   */
+  private decodedInto(e: Ext, out: Buffer, at: number, keep: boolean): void {
+    const key = this.cacheKey(e);
+    const cache = this.img.cache;
+    const hit = cache.get(key);
+    if (hit) {
+      hit.copy(out, at, 0, e.llen);
+      return;
+    }
+    this.decode(e, out, at);
+    if (keep) cache.set(key, Buffer.from(out.subarray(at, at + e.llen)));
+  }
+
+  /** Decodes extent `e` (data or inline pcluster) into out[at, at + e.llen). */
+  private decode(e: Ext, out: Buffer, at: number): void {
     const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.readRaw(e.pa, e.plen);
     if (raw.length !== e.plen) throw eio(this.nid, 'short pcluster read');
-    let out: Buffer;
     if (e.fmt === FMT_SHIFTED) {
       if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
-      out = Buffer.from(raw.subarray(0, e.llen));
+      raw.copy(out, at, 0, e.llen);
     } else if (e.fmt === FMT_INTERLACED) {
       if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
       const cur0 = this.bs - (e.la % this.bs);
       if (cur0 > e.plen) throw eio(this.nid, 'interlaced pcluster too short');
-      out = Buffer.allocUnsafe(e.llen);
       const first = Math.min(cur0, e.llen);
-      raw.copy(out, 0, e.plen - cur0, e.plen - cur0 + first);
-      if (e.llen > first) raw.copy(out, first, 0, e.llen - first);
+      raw.copy(out, at, e.plen - cur0, e.plen - cur0 + first);
+      if (e.llen > first) raw.copy(out, at + first, 0, e.llen - first);
     } else {
-      out = this.inflate(e, raw);
+      this.inflate(e, raw, out, at);
     }
-    cache.set(key, out);
-    return out;
   }
 
   /** Data-space bytes of one pcluster, through the image's sequential read-ahead window. */
@@ -1058,7 +1110,7 @@ export class CompressedFile {
     return this.img.readData(pa, plen);
   }
 
-  private inflate(e: Ext, raw: Buffer): Buffer {
+  private inflate(e: Ext, raw: Buffer, target: Buffer, at: number): void {
     const alg = ALG_NAMES[e.fmt];
     if (!alg) throw new ErofsError('EOPNOTSUPP', `unknown compression algorithm ${e.fmt}`);
     let src = raw;
@@ -1075,16 +1127,19 @@ export class CompressedFile {
       const cfg = this.img.algorithmConfigs[1];
       if (cfg && cfg.length >= 4) opts.dictSize = cfg.readUInt32LE(0);
     }
-    const fn = this.img.decompress ?? decompress;
-    let out: Buffer;
+    const fn = this.img.decompress;
     try {
-      out = fn(alg, src, e.llen, opts);
+      if (fn) {
+        const out = fn(alg, src, e.llen, opts);
+        if (out.length !== e.llen) throw eio(this.nid, `${alg} produced ${out.length} bytes, wanted ${e.llen}`);
+        target.set(out, at);
+      } else {
+        decompressInto(alg, src, target, at, e.llen, opts);
+      }
     } catch (err) {
       if (err instanceof ErofsError) throw err;
       throw eio(this.nid, `${alg} decompression failed: ${(err as Error).message}`);
     }
-    if (out.length !== e.llen) throw eio(this.nid, `${alg} produced ${out.length} bytes, wanted ${e.llen}`);
-    return out;
   }
 }
 

@@ -18,7 +18,7 @@
 // Every decoder is bounded: work is linear in src.length + outLen, memory in outLen.
 
 import { ErofsError } from '../api.js';
-import { lz4Decompress } from './lz4.js';
+import { lz4Decompress, lz4DecompressInto } from './lz4.js';
 import { lzmaDecompress } from './lzma.js';
 import { deflateDecompress } from './deflate.js';
 import { zstdDecompress } from './zstd.js';
@@ -68,4 +68,32 @@ export function decompress(
     default:
       throw new ErofsError('EOPNOTSUPP', `unknown compression algorithm ${String(alg)}`);
   }
+}
+
+/**
+ * Like decompress(), but writes the `outLen` bytes into out[outOff, outOff + outLen) instead of a
+ * new buffer (LZ4 decodes in place; the other algorithms decode and copy). Same errors.
+ */
+export function decompressInto(
+  alg: CompressionAlgorithm,
+  src: Buffer,
+  out: Uint8Array,
+  outOff: number,
+  outLen: number,
+  opts: DecompressOptions = {},
+): void {
+  if (!Number.isSafeInteger(outOff) || outOff < 0 || !Number.isSafeInteger(outLen) || outLen < 0 ||
+      outOff + outLen > out.length) {
+    throw new ErofsError('EINVAL', `${alg}: output window ${outOff}+${outLen} outside a ${out.length}-byte buffer`);
+  }
+  if (alg !== 'lz4' || outLen === 0 || outLen > MAX_DECOMPRESSED_LENGTH) {
+    out.set(decompress(alg, src, outLen, opts), outOff);
+    return;
+  }
+  let start = 0;
+  while (start < src.length && src[start] === 0) start++;
+  if (start === src.length) throw new ErofsError('EIO', `${alg}: compressed data is empty or all zero`);
+  const input = start === 0 ? src : src.subarray(start);
+  const win = Buffer.from(out.buffer, out.byteOffset + outOff, outLen);
+  lz4DecompressInto(input, win, opts.partial === true);
 }

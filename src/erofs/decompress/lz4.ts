@@ -15,6 +15,16 @@ function corrupt(msg: string): never {
 
 export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Buffer {
   const out = Buffer.allocUnsafe(outLen);
+  lz4DecompressInto(src, out, partial);
+  return out;
+}
+
+/**
+ * Decodes into all of `out` (outLen = out.length): the caller passes a window of its own buffer
+ * (e.g. a read reply), so no output buffer is allocated. Matches cannot reach before the window.
+ */
+export function lz4DecompressInto(src: Buffer, out: Buffer, partial: boolean): Buffer {
+  const outLen = out.length;
   // Short copies move 4 bytes at a time through DataViews (unaligned access is fine there).
   const odv = new DataView(out.buffer, out.byteOffset, outLen);
   const sdv = new DataView(src.buffer, src.byteOffset, src.length);
