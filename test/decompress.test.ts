@@ -204,6 +204,10 @@ test('zstd: a Huffman table that sends fzstd into an endless loop gives EIO with
   const t0 = Date.now();
   assertEio(() => decompress('zstd', frame, 100), 'endless Huffman weight loop');
   assert.ok(Date.now() - t0 < ZSTD_TIMEOUT_MS + 3000, `gave up after ${Date.now() - t0} ms`);
+  // The same pcluster again (a fresh copy, as the reader would pass): refused at once.
+  const t1 = Date.now();
+  assertEio(() => decompress('zstd', Buffer.from(frame), 100), 'repeat of a timed-out pcluster');
+  assert.ok(Date.now() - t1 < 500, `repeat took ${Date.now() - t1} ms`);
   // The decoder (a fresh worker) still works afterwards.
   const small = Buffer.from('zstd after a timeout '.repeat(50));
   assert.deepEqual(decompress('zstd', zstdCli(small, ['-3']), small.length), small);

@@ -13,7 +13,16 @@ import { Worker, MessageChannel, receiveMessageOnPort, type MessagePort } from '
 import { ErofsError } from '../api.js';
 
 /** Longest a single pcluster may take to decode before it is declared corrupt. */
-export const ZSTD_TIMEOUT_MS = 5000;
+export const ZSTD_TIMEOUT_MS = 3000;
+
+/**
+ * Inputs that timed out (copies, at most 16, each at most 4 MiB): the reader does not cache
+ * failures and a corrupt pcluster is typically read again for every file or range that touches
+ * it, so a repeat fails at once instead of costing the time limit again. Compared byte for byte.
+ */
+const timedOut: { src: Buffer; outLen: number }[] = [];
+const TIMED_OUT_MAX = 16;
+const TIMED_OUT_MAX_BYTES = 4 * 1024 * 1024;
 
 interface Reply {
   ok: boolean;
@@ -52,6 +61,11 @@ function stop(): void {
 }
 
 export function zstdDecompress(src: Buffer, outLen: number, _partial: boolean): Buffer {
+  for (const t of timedOut) {
+    if (t.outLen === outLen && t.src.length === src.length && t.src.equals(src)) {
+      throw new ErofsError('EIO', `zstd: this pcluster already failed to decode within ${ZSTD_TIMEOUT_MS} ms`);
+    }
+  }
   const { port: p, state: s } = start();
   Atomics.store(s, 0, 0);
   p.postMessage({ src, outLen });
@@ -60,6 +74,10 @@ export function zstdDecompress(src: Buffer, outLen: number, _partial: boolean): 
     const r = Atomics.wait(s, 0, 0, Math.max(1, deadline - Date.now()));
     if (r !== 'timed-out' || Atomics.load(s, 0) !== 0) break;
     stop();
+    if (src.length <= TIMED_OUT_MAX_BYTES) {
+      if (timedOut.length >= TIMED_OUT_MAX) timedOut.shift();
+      timedOut.push({ src: Buffer.from(src), outLen });
+    }
     throw new ErofsError('EIO', `zstd: decoding did not finish within ${ZSTD_TIMEOUT_MS} ms (corrupt data)`);
   }
   const msg = receiveMessageOnPort(p);
