@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { benchReader, BENCH_DIR } from './reader.js';
 import { benchDecompress, decompressMarkdown } from './decompress.js';
 import { benchVhost } from './vhost.js';
+import { benchShare } from './share.js';
 
 type Section = { name: string; run: (log: (s: string) => void) => Promise<{ markdown: string; raw: unknown }> };
 
@@ -48,6 +49,13 @@ const sections: Section[] = [
     async run(log) {
       const { rows, notes, markdown } = await benchVhost(log);
       return { markdown: `${markdown}\n\n${notes.map((n) => `- ${n}`).join('\n')}`, raw: rows };
+    },
+  },
+  {
+    name: 'share',
+    async run(log) {
+      const { rows, latency, markdown } = await benchShare(log);
+      return { markdown, raw: { rows, latency } };
     },
   },
 ];
