@@ -84,3 +84,59 @@ test('two daemon processes sharing one --blob-dir: identical files of lz4-a / lz
     fs.rmSync(blobDir, { recursive: true, force: true });
   }
 });
+
+// Two guests in separate test-VMM processes (pagemap PFNs are global, so each worker reports its
+// own window's frames and the test compares them), one daemon with two sockets.
+test('two test-VMM processes, one daemon: identical digest-plain files on the same frames, changed files apart', async () => {
+  const { spawn } = await import('node:child_process');
+  const { fileURLToPath } = await import('node:url');
+  const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), 'support/share-guest-worker.js');
+  const ma = manifest('digest-plain-a');
+  const mb = manifest('digest-plain-b');
+  const window = windowFor(ma, mb);
+  const d = await startMultiDaemon([`a=${image('digest-plain-a')},domain=app`, `b=${image('digest-plain-b')},domain=app`], 2,
+    ['--dax-window-size', String(window)]);
+  const procs: import('node:child_process').ChildProcess[] = [];
+  try {
+    const run = (socket: string, name: string, prefix: string) => new Promise<{ pid: number; files: Record<string, { sha256: string; frames: string[]; tailZero: boolean; size: number }> }>((resolve, reject) => {
+      const p = spawn(process.execPath, [worker, socket, String(window), 'shmem', name, prefix], { stdio: ['pipe', 'pipe', 'pipe'] });
+      procs.push(p);
+      let out = '';
+      let err = '';
+      p.stdout!.on('data', (c) => {
+        out += c;
+        if (out.includes('\n')) resolve(JSON.parse(out.slice(0, out.indexOf('\n'))));
+      });
+      p.stderr!.on('data', (c) => { err += c; });
+      p.on('exit', (code) => reject(new Error(`worker exited ${code}: ${err}`)));
+    });
+    const [ra, rb] = await Promise.all([run(d.sockets[0]!, 'digest-plain-a', 'a'), run(d.sockets[1]!, 'digest-plain-b', 'b')]);
+    assert.notEqual(ra.pid, rb.pid);
+    let identical = 0;
+    let changed = 0;
+    for (const [p, e] of Object.entries(ma)) {
+      if (e.type !== 'file' || !e.size) continue;
+      const va = ra.files[p]!;
+      assert.equal(va.sha256, e.sha256, p);
+      assert.ok(va.tailZero, p);
+      const vb = rb.files[p];
+      if (!vb) continue;
+      assert.equal(vb.sha256, mb[p]!.sha256, p);
+      if (vb.sha256 === va.sha256) {
+        identical++;
+        assert.ok(va.frames.every((f) => f !== '0'), `${p}: frames visible`);
+        assert.deepEqual(vb.frames, va.frames, `${p}: same frames in both VMM processes`);
+      } else {
+        changed++;
+        assert.ok(!vb.frames.some((f) => va.frames.includes(f)), `${p}: changed file shares no frame`);
+      }
+    }
+    console.log(`# separate VMM processes ${ra.pid}/${rb.pid}: identical ${identical}, changed ${changed}`);
+    assert.ok(identical > 900 && changed > 100);
+  } finally {
+    for (const p of procs) p.stdin?.end();
+    await new Promise((r) => setTimeout(r, 200));
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    await d.stop();
+  }
+});
