@@ -68,7 +68,11 @@ export function zstdDecompress(src: Buffer, outLen: number, _partial: boolean): 
   }
   const { port: p, state: s } = start();
   Atomics.store(s, 0, 0);
-  p.postMessage({ src, outLen });
+  // Send a copy of exactly these bytes: cloning `src` itself would copy its whole backing
+  // ArrayBuffer (for the reader, possibly the mmap of the entire image).
+  const copy = new Uint8Array(src.length);
+  copy.set(src);
+  p.postMessage({ src: copy, outLen }, [copy.buffer]);
   const deadline = Date.now() + ZSTD_TIMEOUT_MS;
   for (;;) {
     const r = Atomics.wait(s, 0, 0, Math.max(1, deadline - Date.now()));
