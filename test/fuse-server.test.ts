@@ -466,3 +466,53 @@ test('several images: synthetic root with one directory per image', async () => 
   assert.throws(() => new ImageTree({ images: [{ name: 'a', reader: new FakeReader(tree()) }, { name: 'a', reader: new FakeReader(tree()) }] }), /duplicate/);
   assert.throws(() => new ImageTree({ images: [{ name: 'a/b', reader: new FakeReader(tree()) }, { name: 'c', reader: new FakeReader(tree()) }] }), /invalid/);
 });
+
+test('READ into a lent reply buffer: data written in place, hooks still win, too-small buffers fall back', async () => {
+  const base = new FakeReader(tree());
+  let intoCalls = 0;
+  // A reader with readInto (the real one has it): counts calls so the in-place path is proven taken.
+  const reader = Object.assign(Object.create(base) as FakeReader, {
+    readInto(nid: number, offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
+      intoCalls++;
+      const b = base.read(nid, offset, length);
+      target.set(b, targetOffset);
+      return b.length;
+    },
+  });
+  const seen: string[] = [];
+  const fs = new ImageTree({
+    images: [{ name: 'img', reader }],
+    hooks: {
+      read: (t, off, size, direct) => {
+        seen.push(`${off} ${size} ${direct}`);
+        return off === 4096 && !direct ? Buffer.from('HOOK') : undefined;
+      },
+    },
+  });
+  const server = new FuseServer(fs);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const sub = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))).body);
+  const deep = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: sub.nodeid }, cstr('deep')))).body);
+  const lent = Buffer.alloc(1 << 20, 0xee);
+  const iov = (await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, (1 << 20) - 100, 65536)), { replyBuffer: lent }))!;
+  assert.equal(iov.length, 2);
+  assert.equal(iov[0]!.readUInt32LE(0), 16 + 100, 'header len counts the short (EOF) data');
+  assert.equal(iov[1]!.buffer, lent.buffer, 'reply data is the lent buffer');
+  assert.equal(iov[1]!.byteOffset, lent.byteOffset);
+  assert.ok(iov[1]!.equals(Buffer.alloc(100, 0x61)));
+  assert.equal(intoCalls, 1);
+  // A hook answer is passed on as is.
+  const hooked = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 4096, 8)), { replyBuffer: lent }));
+  assert.equal(hooked.body.toString(), 'HOOK');
+  assert.equal(intoCalls, 1);
+  // A lent buffer smaller than the request: the ordinary read() path.
+  const small = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 8192)), { replyBuffer: Buffer.alloc(100) }));
+  assert.equal(small.error, 0);
+  assert.ok(small.body.equals(Buffer.alloc(8192, 0x61)));
+  assert.equal(intoCalls, 1);
+  // Past EOF: empty reply.
+  const eof = (await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 2 << 20, 10)), { replyBuffer: lent }))!;
+  assert.equal(eof.length, 1);
+  assert.equal(eof[0]!.readUInt32LE(0), 16);
+  assert.deepEqual(seen, [`${(1 << 20) - 100} 65536 false`, '4096 8 false', '0 8192 false', `${2 << 20} 10 false`]);
+});

@@ -18,11 +18,16 @@ export const MAX_REQUEST_BYTES = 128 * 1024;
 
 const OUT_HEADER_SIZE = 16;
 const EIO = 5;
+/** FUSE_READ: its reply data is written into a pooled buffer lent to the server. */
+const FUSE_READ = 15;
+/** Lent reply buffers: large enough for the biggest READ the server answers (max_pages 256). */
+const REPLY_BUFFER_SIZE = 1 << 20;
+const REPLY_POOL_MAX = 16;
 const E2BIG = 7;
 
 /** The transport-neutral FUSE server surface we need (src/fuse/server.ts FuseServer). */
 export interface FuseRequestHandler {
-  handle(request: Buffer, ctx?: { queue?: number }): Promise<Buffer[] | null>;
+  handle(request: Buffer, ctx?: { queue?: number; replyBuffer?: Buffer }): Promise<Buffer[] | null>;
 }
 
 export interface VirtioFsDeviceOptions {
@@ -79,6 +84,7 @@ export class VirtioFsDevice implements VhostUserDevice {
   private readonly config: Buffer;
   stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0 };
   inflight = 0;
+  private readonly replyPool: Buffer[] = [];
 
   constructor(private readonly opts: VirtioFsDeviceOptions) {
     if (!Number.isInteger(opts.numRequestQueues) || opts.numRequestQueues < 1 || opts.numRequestQueues > 255) {
@@ -125,9 +131,12 @@ export class VirtioFsDevice implements VhostUserDevice {
       }
     }
     this.inflight++;
+    // READ data goes into a pooled buffer (no fresh allocation per request), back to the pool
+    // once the reply has been scattered into the guest's buffers.
+    const lend = request.length >= 8 && request.readUInt32LE(4) === FUSE_READ ? this.replyPool.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE) : undefined;
     let reply: Promise<Buffer[] | null>;
     try {
-      reply = this.opts.server.handle(request, { queue: q.index });
+      reply = this.opts.server.handle(request, lend ? { queue: q.index, replyBuffer: lend } : { queue: q.index });
     } catch (e) {
       reply = Promise.reject(e);
     }
@@ -138,6 +147,8 @@ export class VirtioFsDevice implements VhostUserDevice {
       } catch (e) {
         // Never let a completion error become an unhandled rejection (that would end the daemon).
         log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: completing a request failed');
+      } finally {
+        if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
       }
     };
     reply.then(finish, (e: unknown) => {

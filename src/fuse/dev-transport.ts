@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { native } from '../native/index.js';
 import type { FuseLogger, FuseServer } from './server.js';
-import { IN_HEADER_SIZE } from './abi.js';
+import { IN_HEADER_SIZE, Opcode } from './abi.js';
 
 export interface DevFuseTransportOptions {
   /** Read buffer size; must exceed max_write + headers (default 1 MiB + 4 KiB). */
@@ -13,6 +13,9 @@ export interface DevFuseTransportOptions {
   /** Requests handled per readiness callback before yielding to the event loop. */
   batch?: number;
 }
+
+/** Idle reply buffers kept for reuse (one per concurrently served READ). */
+const REPLY_POOL_MAX = 8;
 
 function errCode(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException | undefined)?.code;
@@ -28,6 +31,7 @@ export class DevFuseTransport {
   readonly closed: Promise<string>;
   private readonly log: FuseLogger | undefined;
   private readonly batch: number;
+  private readonly replyPool: Buffer[] = [];
 
   constructor(private readonly fd: number, private readonly server: FuseServer, opts: DevFuseTransportOptions = {}) {
     this.buf = Buffer.allocUnsafe(Math.max(opts.bufferSize ?? (1 << 20) + 4096, 8192 + 4096));
@@ -85,15 +89,25 @@ export class DevFuseTransport {
       }
       // The server keeps references into the request across awaits: give it its own copy.
       const req = Buffer.from(this.buf.subarray(0, n));
+      // READ data goes into a pooled reply buffer (a fresh 1 MiB buffer per request costs page
+      // faults); it returns to the pool once writev has copied it into the kernel.
+      const lend = req.readUInt32LE(4) === Opcode.READ ? this.takeReplyBuffer() : undefined;
       this.inflight++;
       this.server
-        .handle(req)
+        .handle(req, lend ? { replyBuffer: lend } : undefined)
         .then((reply) => {
           if (reply) this.write(reply);
         })
         .catch((e) => this.log?.error({ err: String(e) }, 'fuse: handler failed'))
-        .finally(() => this.inflight--);
+        .finally(() => {
+          this.inflight--;
+          if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
+        });
     }
+  }
+
+  private takeReplyBuffer(): Buffer {
+    return this.replyPool.pop() ?? Buffer.allocUnsafeSlow(this.buf.length);
   }
 
   private write(iov: Buffer[]): void {

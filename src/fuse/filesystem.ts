@@ -109,6 +109,12 @@ export interface FuseFilesystem {
   open?(ctx: RequestContext, nodeid: number, flags: number): MaybePromise<OpenOut>;
   /** Up to `size` bytes; short only at EOF. May return several buffers (reply iovecs). */
   read?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): MaybePromise<Buffer | Buffer[]>;
+  /**
+   * Optional zero-allocation READ: fill target[0, n) (target.length >= size) and return n (short
+   * only at EOF), or return the data as buffers like read() (e.g. from a hook). Used when the
+   * transport lends the server a reply buffer; `target` is only valid until the reply is sent.
+   */
+  readInto?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, target: Buffer): MaybePromise<number | Buffer | Buffer[]>;
   flush?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   release?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   statfs?(ctx: RequestContext, nodeid: number): MaybePromise<StatfsOut>;

@@ -108,6 +108,16 @@ class Cursor {
   }
 }
 
+/** Per-request options of FuseServer.handle. */
+export interface HandleContext {
+  queue?: number;
+  /**
+   * A buffer the transport lends for this request's reply data (READ fills it in place instead
+   * of allocating). It must stay untouched until the transport has sent the returned iovecs.
+   */
+  replyBuffer?: Buffer;
+}
+
 function header(len: number, error: number, unique: Buffer): Buffer {
   const h = Buffer.allocUnsafe(OUT_HEADER_SIZE);
   h.writeUInt32LE(len, 0);
@@ -151,7 +161,7 @@ export class FuseServer {
    * Handles one request. Returns the reply iovecs (fuse_out_header first, len = total), or null
    * when no reply is due (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY, unreadable header).
    */
-  async handle(request: Buffer, ctx?: { queue?: number }): Promise<Buffer[] | null> {
+  async handle(request: Buffer, ctx?: HandleContext): Promise<Buffer[] | null> {
     if (request.length < 16) {
       this.log?.warn({ bytes: request.length }, 'fuse: request shorter than a header, dropped');
       return null;
@@ -174,7 +184,7 @@ export class FuseServer {
         queue: ctx?.queue,
       };
       const args = request.subarray(IN_HEADER_SIZE, len - extBytes);
-      return await this.dispatch(rctx, new Cursor(args), unique);
+      return await this.dispatch(rctx, new Cursor(args), unique, ctx?.replyBuffer);
     } catch (err) {
       if (err instanceof Malformed) {
         this.log?.warn({ opcode, op: OPCODE_NAMES[opcode], err: err.message }, 'fuse: malformed request');
@@ -210,7 +220,7 @@ export class FuseServer {
     return Math.min(MAX_REPLY_DATA, Math.max(PAGE, pages * PAGE));
   }
 
-  private async dispatch(ctx: RequestContext, c: Cursor, unique: Buffer): Promise<Buffer[] | null> {
+  private async dispatch(ctx: RequestContext, c: Cursor, unique: Buffer, scratch?: Buffer): Promise<Buffer[] | null> {
     const op = ctx.opcode;
     const fs = this.fs;
     if (op === Opcode.INIT) return this.init(c, unique);
@@ -277,11 +287,23 @@ export class FuseServer {
       }
       case Opcode.READ: {
         const { fh, offset, size } = this.readIn(c);
-        if (!fs.read) return this.err(unique, Errno.ENOSYS);
+        if (!fs.read && !fs.readInto) return this.err(unique, Errno.ENOSYS);
         if (offset < 0) return this.err(unique, Errno.EINVAL);
         const want = Math.min(size, this.maxData());
         if (want === 0) return this.reply(unique);
-        const data = await fs.read(ctx, ctx.nodeid, fh, offset, want);
+        let data: Buffer | Buffer[];
+        if (fs.readInto && (scratch ? scratch.length >= want : !fs.read)) {
+          // Straight into the transport's reply buffer (or a fresh one when there is no read()).
+          const target = scratch ?? Buffer.allocUnsafe(want);
+          const r = await fs.readInto(ctx, ctx.nodeid, fh, offset, want, target);
+          if (typeof r === 'number') {
+            if (!Number.isSafeInteger(r) || r < 0) return this.err(unique, Errno.EIO);
+            return this.reply(unique, target.subarray(0, Math.min(r, want)));
+          }
+          data = r;
+        } else {
+          data = await fs.read!(ctx, ctx.nodeid, fh, offset, want);
+        }
         const parts = Array.isArray(data) ? data : [data];
         let total = 0;
         const out: Buffer[] = [];

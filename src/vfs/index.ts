@@ -361,6 +361,23 @@ export class ImageTree implements FuseFilesystem {
     return slot.reader.read(nid, offset, size);
   }
 
+  readInto(
+    _ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, target: Buffer,
+  ): MaybePromise<number | Buffer | Buffer[]> {
+    const { slot, nid } = this.resolveImage(nodeid);
+    const direct = (): number | Buffer => {
+      if (slot.reader.readInto) return slot.reader.readInto(nid, offset, size, target, 0);
+      return slot.reader.read(nid, offset, size);
+    };
+    const hook = this.opts.hooks?.read;
+    if (hook) {
+      const r = hook(this.target(slot, nid), offset, size, this.handles.get(fh)?.direct ?? false);
+      if (r instanceof Promise) return r.then((v) => v ?? direct());
+      if (r !== undefined) return r;
+    }
+    return direct();
+  }
+
   setupMapping(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void> {
     const hook = this.opts.hooks?.setupMapping;
     if (!hook) throw new FuseError(Errno.ENOSYS);
