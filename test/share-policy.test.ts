@@ -68,6 +68,15 @@ test('--share=off: READs take the per-file path, DAX maps private backings, cont
       rm.writeBigUInt64LE(BigInt(2 << 20), 12);
       await g.client.call(Op.REMOVEMAPPING, 0n, [rm], 0);
       assert.equal(g.vmm.daxMappings.size, 0, 'the VMM unmapped the range');
+      // Bad mappings are refused with an errno, nothing is mapped.
+      const h = await g.client.open(nodeid, 0);
+      const code = async (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string }) => e.code);
+      assert.equal(await code(g.client.setupmapping(h.fh, 0, 4096, WINDOW, 2n)), 'EINVAL', 'outside the window');
+      assert.equal(await code(g.client.setupmapping(h.fh, 4 << 20, 4096, 0, 2n)), 'EINVAL', 'past EOF');
+      assert.equal(await code(g.client.setupmapping(h.fh, 100, 4096, 0, 2n)), 'EINVAL', 'unaligned');
+      assert.equal(await code(g.client.setupmapping(h.fh, 0, 4096, 0, 3n)), 'EROFS', 'write mapping');
+      await g.client.release(h.fh);
+      assert.equal(g.vmm.daxMappings.size, 0);
       await g.client.release(fh);
       const s = await d.stats();
       const dom = Object.values(s.domains)[0]!;

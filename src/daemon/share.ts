@@ -51,6 +51,11 @@ export interface ShareServiceOptions {
   fingerprint: FingerprintSource;
   dax: DaxOptions;
   log?: Logger;
+  /**
+   * Off-loop file data reads by image index (the daemon's read pool, issue 4): the per-file path
+   * and blob filling use it; default: the image's reader on the main thread.
+   */
+  read?: (image: number, nid: number, offset: number, length: number) => Promise<Buffer>;
 }
 
 /** The stats document `erofs-vfsd stats` prints. */
@@ -69,8 +74,10 @@ export class ShareService {
 
   constructor(images: ShareImage[], readonly opts: ShareServiceOptions) {
     this.registry = new ShareRegistry(opts.share);
-    this.images = images.map((img) => this.registry.registerImage({
+    const read = opts.read;
+    this.images = images.map((img, i) => this.registry.registerImage({
       name: img.name, domain: img.domain, paths: img.paths, reader: img.reader, fingerprint: opts.fingerprint,
+      read: read ? (nid, offset, length) => read(i, nid, offset, length) : undefined,
     }));
   }
 
@@ -144,7 +151,7 @@ export class ShareGuest {
    * A new connection's FuseServer options object (FuseServer reads it at FUSE_INIT): DAX is
    * advertised through it while this guest has a window.
    */
-  bindFuseOptions<T extends Pick<FuseServerOptions, 'mapAlignment' | 'inodeDax'>>(o: T): T {
+  bindFuseOptions(o: FuseServerOptions): FuseServerOptions {
     this.fuseOptions = o;
     this.channel = null;
     this.protocolFeatures = 0n;
@@ -241,12 +248,17 @@ export class ShareGuest {
   private read(t: TreeTarget, offset: number, size: number, direct: boolean): Promise<Buffer> | Buffer {
     const image = this.image(t);
     if (!direct) {
-      const backing = this.registry.backingFor(image, t.nid);
+      let backing: Backing | undefined;
+      try {
+        backing = this.registry.backingFor(image, t.nid);
+      } catch {
+        backing = undefined; // an unreadable claim (corrupt xattr): the file simply does not share
+      }
       if (backing) return this.registry.readShared(image, backing, offset, size);
     }
     // O_DIRECT, or nothing to share: the file's own image, no shared cache.
     this.registry.notePerFileRead(image);
-    return t.reader.read(t.nid, offset, size);
+    return image.read ? image.read(t.nid, offset, size) : t.reader.read(t.nid, offset, size);
   }
 
   private backingForMapping(t: TreeTarget): Backing {
