@@ -273,10 +273,15 @@ export class ShareGuest {
     if (!window) throw new FuseError(Errno.EOPNOTSUPP, 'no DAX window');
     if (m.flags & FUSE_SETUPMAPPING_FLAG_WRITE) throw new FuseError(Errno.EROFS, 'read-only export');
     const backing = this.backingForMapping(t);
+    // Pinned while the range is filled and mapped (the window's own pin starts once it is mapped).
+    backing.handles++;
     try {
       await window.setup(backing, m.foffset, m.len, m.moffset);
     } catch (err) {
       throw asFuseError(err);
+    } finally {
+      backing.handles--;
+      if (!backing.pinned) this.registry.unpinned(backing);
     }
   }
 

@@ -37,6 +37,8 @@ export interface ImageSpec {
   paths: string[];
   reader: ErofsReader;
   fingerprint: FingerprintSource;
+  /** Off-loop file data reads (the daemon's read pool, issue 4); default: reader.read. */
+  read?: (nid: number, offset: number, length: number) => Promise<Buffer>;
 }
 
 export interface ImageRegistration {
@@ -46,6 +48,8 @@ export interface ImageRegistration {
   readonly paths: string[];
   readonly reader: ErofsReader;
   readonly fingerprints: FingerprintResolver;
+  /** Off-loop file data reads (read pool), when the daemon has one. */
+  readonly read?: (nid: number, offset: number, length: number) => Promise<Buffer>;
 }
 
 export interface DomainStats {
@@ -108,6 +112,7 @@ export class ShareRegistry {
       domain: spec.domain ?? spec.name,
       paths: spec.paths,
       reader: spec.reader,
+      read: spec.read,
       fingerprints: new FingerprintResolver(spec.reader, spec.fingerprint, needsIdentity ? imageIdentity(spec.paths[0]!) : undefined),
     };
     this.images.set(reg.id, reg);
@@ -171,7 +176,7 @@ export class ShareRegistry {
     const key = `${image.domain}\u0000private-${image.id}-${nid}\u0000${attr.size}`;
     let backing = this.backings.get(key);
     if (!backing || backing.closed) {
-      const holder: Holder = { image, imageId: image.id, nid, read: (offset, length) => image.reader.read(nid, offset, length) };
+      const holder: Holder = { image, imageId: image.id, nid, read: (offset, length) => image.read ? image.read(nid, offset, length) : image.reader.read(nid, offset, length) };
       backing = this.createBacking(key, holder, false);
       this.backings.set(key, backing);
       this.enforceBudget(backing);
@@ -203,7 +208,7 @@ export class ShareRegistry {
       image,
       imageId: image.id,
       nid,
-      read: (offset, length) => image.reader.read(nid, offset, length),
+      read: (offset, length) => image.read ? image.read(nid, offset, length) : image.reader.read(nid, offset, length),
     });
     return key;
   }
@@ -249,7 +254,14 @@ export class ShareRegistry {
   async readShared(image: ImageRegistration, backing: Backing, offset: number, length: number): Promise<Buffer> {
     this.domainStats(image.domain).sharedReads++;
     backing.lastUse = ++this.useClock;
-    const data = await backing.read(offset, length);
+    // Pinned while in flight: the budget must not evict a blob under a read that is filling it.
+    backing.handles++;
+    let data: Buffer;
+    try {
+      data = await backing.read(offset, length);
+    } finally {
+      backing.handles--;
+    }
     if (backing.kind === 'blob') this.enforceBudget(backing);
     return data;
   }
