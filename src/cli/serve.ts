@@ -13,6 +13,7 @@ import { createLogger, type Logger } from '../daemon/logger.js';
 import { ShareService, type DaxPolicy, type DaxProtocol } from '../daemon/share.js';
 import { startControlServer, type ControlServer } from '../daemon/control.js';
 import type { FingerprintSource } from '../share/fingerprint.js';
+import { ReadPool, defaultReadThreads } from '../daemon/read-pool.js';
 
 export const SAMPLE_SOCKET = '/tmp/erofs-vfsd.sock';
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -48,6 +49,8 @@ export interface ServeArgs {
   daxMinSize?: string | number;
   daxWindowSize?: string | number;
   controlSocket?: string;
+  /** Worker threads for file data reads (issue 4); 0 = read on the main thread. */
+  readThreads?: number;
 }
 
 export interface ImageSpec {
@@ -118,6 +121,7 @@ export function serveBuilder<T>(y: Argv<T>) {
     .option('dax-min-size', { type: 'string', describe: "smallest file given FUSE_ATTR_DAX under --dax-policy=shared (bytes; default 0)" })
     .option('dax-window-size', { type: 'string', describe: "the guest's DAX window size (bytes; default 1G; 0 = no DAX)" })
     .option('control-socket', { type: 'string', describe: 'Unix socket for `erofs-vfsd stats` / `drop-cache`' })
+    .option('read-threads', { type: 'number', describe: `worker threads for file data reads and decompression (default min(4, CPUs) = ${defaultReadThreads()}; 0 = on the main thread)` })
     .option('sample', { type: 'boolean', describe: `serve the bundled sample image on ${SAMPLE_SOCKET} and print a QEMU command line` });
 }
 
@@ -186,6 +190,8 @@ export interface ServeDaemon {
   share: ShareService;
   control?: ControlServer;
   readers: ErofsReader[];
+  /** File data reads off the event loop (undefined with --read-threads 0). */
+  readPool?: ReadPool;
   log: Logger;
   /** Resolves with the reason the server finished. */
   done: Promise<string>;
@@ -221,6 +227,10 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   const windowSize = parseSize(args.daxWindowSize, 'dax-window-size', 1 << 30);
   const pageSize = 4096;
   if (windowSize % pageSize) throw new Error('--dax-window-size must be a multiple of the page size');
+  const readThreads = args.readThreads ?? defaultReadThreads();
+  if (!Number.isSafeInteger(readThreads) || readThreads < 0 || readThreads > 64) throw new Error('--read-threads must be an integer 0..64');
+  // Created once the options are validated (below); data reads go through it when it exists.
+  let readPool: ReadPool | undefined;
   // One registry (and one set of readers) for every guest; each guest has its own tree state.
   const share = new ShareService(
     specs.map((s, i) => ({ name: names[i] ?? s.name ?? path.basename(s.path), domain: s.domain, paths: [s.path, ...(s.devices.length ? s.devices : devices)], reader: readers[i]! })),
@@ -235,6 +245,7 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
       fingerprint: fingerprintSource(args),
       dax: { policy: daxPolicy, minSize: parseSize(args.daxMinSize, 'dax-min-size', 0), windowSize, protocol: daxProtocol },
       log,
+      read: readThreads > 0 ? (image, nid, offset, length) => readPool!.read(image, nid, offset, length) : undefined,
     },
   );
   const tag = args.tag ?? 'erofs';
@@ -243,6 +254,9 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   // Validate the device options once before listening.
   new VirtioFsDevice({ tag, numRequestQueues, server: { handle: async () => null }, log });
   const cache = cacheOptions(args);
+  if (readThreads > 0) {
+    readPool = new ReadPool(specs.map((s) => ({ path: s.path, devices: s.devices.length ? s.devices : devices })), { threads: readThreads, fallback: readers });
+  }
   const endpoints: { socketPath?: string; fd?: number }[] = sockets.length ? sockets.map((p) => ({ socketPath: p })) : [{ fd: args.fd }];
   const servers = endpoints.map((ep, i) => {
     const guest = share.guest(ep.socketPath ?? `fd${ep.fd}`);
@@ -281,10 +295,11 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
     }, log);
   }
   const server = servers[0]!;
-  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues, vms: servers.length, share: shareEnabled(args.share) }, 'serving');
-  const done = Promise.all(servers.map((s) => s.done)).then((reasons) => {
+  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues, vms: servers.length, share: shareEnabled(args.share), readThreads }, 'serving');
+  const done = Promise.all(servers.map((s) => s.done)).then(async (reasons) => {
     control?.close();
     share.close();
+    await readPool?.close();
     return reasons[0]!;
   });
   return {
@@ -293,6 +308,7 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
     share,
     control,
     readers,
+    readPool,
     log,
     done,
     stop: (reason = 'stopped') => { for (const s of servers) s.stop(reason); },

@@ -35,8 +35,8 @@ export interface ContentSource {
   /** Image registration id (registry.ts), to re-point when that image goes away. */
   imageId: number;
   nid: number;
-  /** Reads uncompressed content of the file (the reader's own per-file path). */
-  read(offset: number, length: number): Buffer;
+  /** Reads uncompressed content of the file (the reader's own per-file path, or the read pool). */
+  read(offset: number, length: number): Buffer | Promise<Buffer>;
 }
 
 export interface BackingStats {
@@ -300,7 +300,7 @@ export class BlobBacking extends Backing {
     try {
       const start = g * BLOB_GRANULE;
       const len = Math.min(BLOB_GRANULE, this.size - start);
-      const data = this.source.read(start, len);
+      const data = await this.source.read(start, len);
       if (data.length !== len) throw new Error(`short read while filling a shared blob (${data.length} of ${len})`);
       if (this.closed) throw new Error('shared blob was evicted while filling');
       let done = 0;
