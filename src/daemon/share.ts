@@ -245,7 +245,7 @@ export class ShareGuest {
     }
   }
 
-  private read(t: TreeTarget, offset: number, size: number, direct: boolean): Promise<Buffer> | Buffer {
+  private read(t: TreeTarget, offset: number, size: number, direct: boolean): Promise<Buffer> | Buffer | undefined {
     const image = this.image(t);
     if (!direct) {
       let backing: Backing | undefined;
@@ -258,7 +258,8 @@ export class ShareGuest {
     }
     // O_DIRECT, or nothing to share: the file's own image, no shared cache.
     this.registry.notePerFileRead(image);
-    return image.read ? image.read(t.nid, offset, size) : t.reader.read(t.nid, offset, size);
+    // Without a read pool, undefined lets ImageTree read the image in place into the reply buffer.
+    return image.read ? image.read(t.nid, offset, size) : undefined;
   }
 
   private backingForMapping(t: TreeTarget): Backing {
