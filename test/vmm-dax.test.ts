@@ -50,8 +50,8 @@ function stubServer(dialect: DaxDialect, channel: () => BackendChannel | null, m
       if (opcode === Op.REMOVEMAPPING) {
         const count = req.readUInt32LE(40);
         for (let i = 0; i < count; i++) {
-          const moffset = req.readBigUInt64LE(48 + 16 * i);
-          const len = req.readBigUInt64LE(56 + 16 * i);
+          const moffset = req.readBigUInt64LE(44 + 16 * i);
+          const len = req.readBigUInt64LE(52 + 16 * i);
           const status = dialect === 'shmem'
             ? await ch!.shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: moffset, len, flags: 0n })
             : await ch!.fsUnmap([{ fdOffset: 0n, cacheOffset: moffset, len, flags: 0n }]);

@@ -289,10 +289,11 @@ export class FuseClient {
     await this.call(Op.SETUPMAPPING, this.nodeOf(fh, false), [a], 0);
   }
   async removemapping(ranges: Array<[bigint | number, bigint | number]>): Promise<void> {
-    const a = Buffer.alloc(8 + 16 * ranges.length);
+    // Linux: struct fuse_removemapping_in is one u32 (count); the 16-byte entries follow at offset 4.
+    const a = Buffer.alloc(4 + 16 * ranges.length);
     a.writeUInt32LE(ranges.length, 0);
-    ranges.forEach(([m, l], k) => { a.writeBigUInt64LE(BigInt(m), 8 + 16 * k); a.writeBigUInt64LE(BigInt(l), 16 + 16 * k); });
-    await this.call(Op.REMOVEMAPPING, 0n, [a.subarray(0, 8), a.subarray(8)], 0);
+    ranges.forEach(([m, l], k) => { a.writeBigUInt64LE(BigInt(m), 4 + 16 * k); a.writeBigUInt64LE(BigInt(l), 12 + 16 * k); });
+    await this.call(Op.REMOVEMAPPING, 0n, [a.subarray(0, 4), a.subarray(4)], 0);
   }
 
   /**
