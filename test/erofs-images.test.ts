@@ -333,7 +333,7 @@ test('a multi-device image without its blob device fails reads with EIO, not a c
 });
 
 test('readInto of compressed files (decoded in place, cache kept or bypassed) equals the kernel view', () => {
-  // 1 MiB cache: files over 192 KiB stream past the pcluster cache (whole extents decoded
+  // 1 MiB cache: files over 384 KiB stream past the pcluster cache (whole extents decoded
   // straight into the target); the default cache keeps them. Odd chunk sizes make every read
   // start and end inside extents, so both the in-place and the cached path are taken.
   const images = ['lz4', 'lz4hc-bigpcluster', 'lz4-ztailpacking', 'lz4-fragments-dedupe', 'lz4-legacy-index', 'deflate', 'zstd'];
