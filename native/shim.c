@@ -56,6 +56,10 @@ static const char *errno_name(int e) {
     case ENFILE: return "ENFILE";
     case ENOTSOCK: return "ENOTSOCK";
     case ENXIO: return "ENXIO";
+    case EFBIG: return "EFBIG";
+    case ENOSPC: return "ENOSPC";
+    case EROFS: return "EROFS";
+    case ETIMEDOUT: return "ETIMEDOUT";
     default: return "EUNKNOWN";
   }
 }

@@ -282,11 +282,14 @@ test('daemon: a GETATTR on queue 2 is answered while queue 1 reads 1 MiB windows
   const fmt = (m: typeof sync): string => `GETATTR median ${m.medianMs.toFixed(1)} ms, max ${m.maxMs.toFixed(1)} ms (${m.getattrs} answered during ${m.readMs.toFixed(0)} ms of reads)`;
   const figures = `--read-threads 0: ${fmt(sync)}; pool: ${fmt(pooled)}`;
   console.log(figures);
-  // On the synchronous path the first GETATTR waits for every decode. With the pool GETATTRs
-  // keep being answered while the reads run; the median (not the max: one scheduling hiccup of
-  // a loaded 2-core host can delay any single reply; the event-loop test above bounds the max)
-  // stays far below the synchronous stall.
-  assert.ok(sync.maxMs > 50, figures);
+  // On the synchronous path the GETATTR sent first waits for the decodes: (almost) nothing is
+  // answered while they run, and that one reply waits most of the read time — on a quiet or a
+  // loaded host alike, so no absolute threshold is assumed. With the pool GETATTRs keep being
+  // answered while the reads run; the median (not the max: one scheduling hiccup of a loaded
+  // 2-core host can delay any single reply; the event-loop test above bounds the max) stays
+  // small against the pooled read time.
+  assert.ok(sync.getattrs <= 3, figures);
+  assert.ok(sync.maxMs >= sync.readMs * 0.5, figures);
   assert.ok(pooled.getattrs >= 10, figures);
-  assert.ok(pooled.medianMs < Math.max(10, sync.maxMs / 4), figures);
+  assert.ok(pooled.medianMs < Math.max(10, pooled.readMs / 4), figures);
 });
