@@ -1,10 +1,16 @@
 // Shared backings: the one host copy of a file's content that every holder of the same
 // (domain, fingerprint) reads and maps.
 //
-//  - ImageRangeBacking: the content already lies uncompressed, contiguous and page-aligned in
-//    an image (or extra device) file, so the image file's own page cache is the shared copy.
+//  - ImageRangeBacking: the content already lies uncompressed in an image (or extra device)
+//    file — contiguous and page-aligned, or a page-aligned prefix followed by a tail shorter than
+//    a page stored elsewhere (EROFS inline tails) — so the image file's own page cache is the
+//    shared copy. Reads go through the first holder's reader; only a DAX mapping of the last
+//    page needs a private zero-padded copy of it.
 //  - BlobBacking: a materialised copy (memfd, or a file in a --blob-dir shared by several
-//    daemon processes), filled lazily per granule from a holder's image, single-flight.
+//    daemon processes), filled lazily per granule from a holder's image, single-flight. When
+//    the holder stores the file uncompressed (small files wholly inline in the metadata), plain
+//    READs are served from the holder's image and only DAX mappings fill the blob: without a
+//    window a copy would only add to the image's page cache (issue 5, QEMU guests).
 //
 // The EOF-tail rule: a mapping never exposes bytes past EOF that belong to anything else. Blobs
 // are zero past EOF by construction (ftruncate); an image range whose last page carries other
@@ -37,6 +43,12 @@ export interface ContentSource {
   nid: number;
   /** Reads uncompressed content of the file (the reader's own per-file path, or the read pool). */
   read(offset: number, length: number): Buffer | Promise<Buffer>;
+  /**
+   * Present when the file is stored uncompressed in the holder's image: a synchronous read
+   * straight from the image (a copy from its page cache, no decompression, no allocation of a
+   * shared copy).
+   */
+  readPlain?(offset: number, length: number): Buffer;
 }
 
 export interface BackingStats {
@@ -93,7 +105,11 @@ export abstract class Backing {
   }
 }
 
-/** Content that lies plain and page-aligned in a file we can map directly. */
+/**
+ * Content that lies plain in a file we can map directly: bytes [0, prefix) at `physical`
+ * (page-aligned), and either prefix = size, or the rest (shorter than a page) stored elsewhere in
+ * the image (an inline tail), read through the holder's reader.
+ */
 export class ImageRangeBacking extends Backing {
   readonly kind = 'image-range' as const;
   private tailFd = -1;
@@ -105,6 +121,7 @@ export class ImageRangeBacking extends Backing {
     size: number,
     private fd: number,
     private physical: number,
+    private prefix: number,
     private source: ContentSource,
     private tailNeedsCopy: boolean,
   ) {
@@ -112,24 +129,29 @@ export class ImageRangeBacking extends Backing {
   }
 
   /**
-   * Builds the backing when the extent qualifies (page-aligned start); decides whether the
-   * final page needs a zero-padded copy by looking at the bytes after EOF in the file.
+   * Builds the backing when the layout qualifies: page-aligned start, and `prefix` = size or a
+   * page multiple with less than a page after it (then `source.readPlain` must read the tail).
+   * Decides whether the final page needs a zero-padded copy: always when the tail lies
+   * elsewhere, else by looking at the bytes after EOF in the file.
    */
   static create(
     key: string, domain: string, digestHex: string, size: number,
-    filePath: string, physical: number, source: ContentSource,
+    filePath: string, physical: number, source: ContentSource, prefix: number = size,
   ): ImageRangeBacking | undefined {
-    if (physical % PAGE_SIZE !== 0 || size === 0) return undefined;
+    if (physical % PAGE_SIZE !== 0 || size === 0 || prefix <= 0 || prefix > size) return undefined;
+    if (prefix < size && (prefix % PAGE_SIZE !== 0 || size - prefix >= PAGE_SIZE || !source.readPlain)) return undefined;
     const fd = fs.openSync(filePath, 'r');
     try {
       const fileSize = fs.fstatSync(fd).size;
-      if (physical + size > fileSize) {
+      if (physical + prefix > fileSize) {
         fs.closeSync(fd);
         return undefined; // the extent does not fit the file: not ours to map
       }
       let tailNeedsCopy = false;
       const tail = roundUpPage(size) - size;
-      if (tail > 0) {
+      if (prefix < size) {
+        tailNeedsCopy = true; // the last page's bytes are not at physical + prefix
+      } else if (tail > 0) {
         if (physical + roundUpPage(size) > fileSize) {
           tailNeedsCopy = true; // mapping past the file's end would fault (SIGBUS) in the guest
         } else {
@@ -138,7 +160,7 @@ export class ImageRangeBacking extends Backing {
           tailNeedsCopy = after.some((b) => b !== 0);
         }
       }
-      return new ImageRangeBacking(key, domain, digestHex, size, fd, physical, source, tailNeedsCopy);
+      return new ImageRangeBacking(key, domain, digestHex, size, fd, physical, prefix, source, tailNeedsCopy);
     } catch (err) {
       try { fs.closeSync(fd); } catch { /* already closed */ }
       throw err;
@@ -150,12 +172,13 @@ export class ImageRangeBacking extends Backing {
   }
 
   /** Moves the backing to another holder's file (its first holder's image is going away). */
-  repoint(filePath: string, physical: number, source: ContentSource): boolean {
-    const next = ImageRangeBacking.create(this.key, this.domain, this.digestHex, this.size, filePath, physical, source);
+  repoint(filePath: string, physical: number, source: ContentSource, prefix: number = this.size): boolean {
+    const next = ImageRangeBacking.create(this.key, this.domain, this.digestHex, this.size, filePath, physical, source, prefix);
     if (!next) return false;
     fs.closeSync(this.fd);
     this.fd = next.fd;
     this.physical = next.physical;
+    this.prefix = next.prefix;
     this.source = source;
     this.tailNeedsCopy = next.tailNeedsCopy;
     if (this.tailFd >= 0) { fs.closeSync(this.tailFd); this.tailFd = -1; }
@@ -165,6 +188,9 @@ export class ImageRangeBacking extends Backing {
 
   async read(offset: number, length: number): Promise<Buffer> {
     const n = this.clip(offset, length);
+    // The holder's reader copies from its mapping of the image: the same page cache, and it
+    // touches only the pages asked for.
+    if (this.source.readPlain) return n === 0 ? Buffer.alloc(0) : this.source.readPlain(offset, n);
     const buf = Buffer.allocUnsafe(n);
     let done = 0;
     while (done < n) {
@@ -191,10 +217,16 @@ export class ImageRangeBacking extends Backing {
   private tailPage(): number {
     if (this.tailFd >= 0) return this.tailFd;
     const lastPage = roundUpPage(this.size) - PAGE_SIZE;
+    let bytes: Buffer;
+    if (this.prefix < this.size) {
+      bytes = this.source.readPlain!(lastPage, this.size - lastPage);
+      if (bytes.length !== this.size - lastPage) throw new Error('short read of an inline tail');
+    } else {
+      bytes = Buffer.alloc(this.size - lastPage);
+      fs.readSync(this.fd, bytes, 0, bytes.length, this.physical + lastPage);
+    }
     const fd = native.memfdCreate(`erofs-vfsd-tail-${this.digestHex.slice(0, 16)}`, native.constants.MFD_CLOEXEC);
     native.ftruncate(fd, PAGE_SIZE);
-    const bytes = Buffer.alloc(this.size - lastPage);
-    fs.readSync(this.fd, bytes, 0, bytes.length, this.physical + lastPage);
     fs.writeSync(fd, bytes, 0, bytes.length, 0);
     this.tailFd = fd;
     return fd;
@@ -325,9 +357,19 @@ export class BlobBacking extends Backing {
     this.tempPath = undefined;
   }
 
+  /** Whether every granule of [offset, end) is filled. */
+  private filledRange(offset: number, end: number): boolean {
+    const last = Math.min(this.granules, Math.ceil(end / BLOB_GRANULE));
+    for (let g = Math.floor(offset / BLOB_GRANULE); g < last; g++) if (!this.filled[g]) return false;
+    return true;
+  }
+
   async read(offset: number, length: number): Promise<Buffer> {
     const n = this.clip(offset, length);
     if (n === 0) return Buffer.alloc(0);
+    // Stored uncompressed by its holder: read the image (its page cache is a copy already) and
+    // leave the blob to DAX mappings, unless that part of it is filled anyway.
+    if (this.source.readPlain && !this.filledRange(offset, offset + n)) return this.source.readPlain(offset, n);
     await this.ensure(offset, offset + n);
     const buf = Buffer.allocUnsafe(n);
     let done = 0;

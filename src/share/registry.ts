@@ -6,7 +6,7 @@
 // file whose content does not match its claim never joins — it keeps reading its own bytes.
 
 import type { ErofsReader } from '../erofs/api.js';
-import { Backing, BlobBacking, ImageRangeBacking, type ContentSource } from './backing.js';
+import { Backing, BlobBacking, ImageRangeBacking, PAGE_SIZE, type ContentSource } from './backing.js';
 import { FingerprintResolver, hashFileContent, imageIdentity, type FingerprintSource } from './fingerprint.js';
 
 export interface ShareOptions {
@@ -176,7 +176,7 @@ export class ShareRegistry {
     const key = `${image.domain}\u0000private-${image.id}-${nid}\u0000${attr.size}`;
     let backing = this.backings.get(key);
     if (!backing || backing.closed) {
-      const holder: Holder = { image, imageId: image.id, nid, read: (offset, length) => image.read ? image.read(nid, offset, length) : image.reader.read(nid, offset, length) };
+      const holder = this.holder(image, nid);
       backing = this.createBacking(key, holder, false);
       this.backings.set(key, backing);
       this.enforceBudget(backing);
@@ -204,13 +204,25 @@ export class ShareRegistry {
       holders = new Map();
       this.holders.set(key, holders);
     }
-    holders.set(`${image.id}:${nid}`, {
+    holders.set(`${image.id}:${nid}`, this.holder(image, nid));
+    return key;
+  }
+
+  /** A file as a content source: reads through the read pool if any; readPlain when stored uncompressed. */
+  private holder(image: ImageRegistration, nid: number): Holder {
+    let plain = false;
+    try {
+      plain = image.reader.plainExtents(nid) !== undefined;
+    } catch {
+      plain = false; // corrupt mapping: reads report it
+    }
+    return {
       image,
       imageId: image.id,
       nid,
       read: (offset, length) => image.read ? image.read(nid, offset, length) : image.reader.read(nid, offset, length),
-    });
-    return key;
+      readPlain: plain ? (offset, length) => image.reader.read(nid, offset, length) : undefined,
+    };
   }
 
   private createBacking(key: string, holder: Holder, shareable = true): Backing {
@@ -218,15 +230,20 @@ export class ShareRegistry {
     const size = Number(sizeText);
     const plain = this.plainRange(holder, size);
     if (plain) {
-      const b = ImageRangeBacking.create(key, domain, digestHex, size, plain.path, plain.physical, holder);
+      const b = ImageRangeBacking.create(key, domain, digestHex, size, plain.path, plain.physical, holder, plain.prefix);
       if (b) return b;
     }
     // A private backing never goes to the blob directory: its name would not identify content.
     return new BlobBacking(key, domain, digestHex, size, holder, shareable ? this.options.blobDir : undefined);
   }
 
-  /** The file's data as one contiguous uncompressed extent in one device file, if it is. */
-  private plainRange(holder: Holder, size: number): { path: string; physical: number } | undefined {
+  /**
+   * Where the file's data lies in place in one device file, if it does: one contiguous
+   * uncompressed run from a page-aligned position covering the whole file (prefix = size), or
+   * covering all but less than a page (prefix = that run rounded down to pages; the tail, e.g.
+   * EROFS's inline tail in the metadata, is read through the holder's reader).
+   */
+  private plainRange(holder: Holder, size: number): { path: string; physical: number; prefix: number } | undefined {
     let extents;
     try {
       extents = holder.image.reader.plainExtents(holder.nid);
@@ -235,14 +252,19 @@ export class ShareRegistry {
     }
     if (!extents || extents.length === 0) return undefined;
     const first = extents[0]!;
+    if (first.logical !== 0 || first.physical % PAGE_SIZE !== 0) return undefined;
     let covered = 0;
     for (const e of extents) {
-      if (e.device !== first.device || e.logical !== covered || e.physical !== first.physical + covered) return undefined;
+      if (e.device !== first.device || e.logical !== covered || e.physical !== first.physical + covered) break;
       covered += e.length;
     }
-    if (covered < size || first.logical !== 0) return undefined;
+    let prefix = Math.min(covered, size);
+    if (prefix < size) {
+      prefix -= prefix % PAGE_SIZE;
+      if (prefix === 0 || size - prefix >= PAGE_SIZE || !holder.readPlain) return undefined;
+    }
     const path = holder.image.paths[first.device];
-    return path ? { path, physical: first.physical } : undefined;
+    return path ? { path, physical: first.physical, prefix } : undefined;
   }
 
   /** Counts a read served by the per-file path, for stats. */
@@ -350,7 +372,7 @@ export class ShareRegistry {
     }
     if (b instanceof ImageRangeBacking) {
       const plain = this.plainRange(next, b.size);
-      if (plain && b.repoint(plain.path, plain.physical, next)) return true;
+      if (plain && b.repoint(plain.path, plain.physical, next, plain.prefix)) return true;
       // The new holder's copy is not mappable in place: its readers switch to a blob.
       if (b.pinned) return false;
       b.close();
