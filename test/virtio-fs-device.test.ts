@@ -1,13 +1,19 @@
 // The virtio-fs device over a memfd-backed fake guest: config space, gathering requests from
 // several descriptors, scattering replies across several, oversize replies, no-reply requests,
-// failures, out-of-order completion, and no writes into guest memory after the ring stopped.
+// failures, out-of-order completion, and no writes into guest memory after the ring stopped;
+// READ data placed straight into the guest's buffers by the real FUSE server over plain.erofs.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { native } from '../src/native/index.js';
 import { VirtQueue, silentLogger, type GuestMemory } from '../src/vhost-user/index.js';
 import { MAX_REQUEST_BYTES, VirtioFsDevice, encodeVirtioFsConfig, scatter } from '../src/daemon/virtio-fs.js';
+import path from 'node:path';
+import { openImage } from '../src/erofs/index.js';
+import { FuseServer } from '../src/fuse/server.js';
+import { ImageTree } from '../src/vfs/index.js';
 import { FakeGuest, dupFd } from './support/fake-guest.js';
+import { SHARED_IMAGES } from './support/paths.js';
 
 const C = native.constants;
 const DESC = 0x1000;
@@ -195,5 +201,108 @@ test('requests are gathered, replies scattered, completed out of order, and neve
     fs.closeSync(kick);
     fs.closeSync(call);
     g.close();
+  }
+});
+
+/** fuse_in_header + fuse_read_in for READ (opcode 15). */
+function readRequest(ram: Buffer, at: number, unique: number, nodeid: number, fh: number, offset: number, size: number): void {
+  ram.fill(0, at, at + 80);
+  ram.writeUInt32LE(80, at);
+  ram.writeUInt32LE(15, at + 4);
+  ram.writeBigUInt64LE(BigInt(unique), at + 8);
+  ram.writeBigUInt64LE(BigInt(nodeid), at + 16);
+  ram.writeBigUInt64LE(BigInt(fh), at + 40);
+  ram.writeBigUInt64LE(BigInt(offset), at + 48);
+  ram.writeUInt32LE(size, at + 56);
+}
+
+test('READ data goes straight into the guest buffers: header split over descriptors, several data descriptors, EOF, too little room, a descriptor outside guest memory', async () => {
+  const reader = openImage(path.join(SHARED_IMAGES, 'plain.erofs'));
+  const tree = new ImageTree({ images: [{ reader }] });
+  const server = new FuseServer(tree, { resume: true });
+  const rctx = { opcode: 1, unique: 1n, nodeid: 1, uid: 0, gid: 0, pid: 0 };
+  const dir = tree.lookup(rctx, 1, Buffer.from('big'));
+  const file = tree.lookup(rctx, dir.nodeid, Buffer.from('rand-2m'));
+  const { fh } = tree.open(rctx, file.nodeid, 0);
+  const fileSize = file.attr!.size;
+  const nid = reader.lookup(reader.lookup(reader.rootNid, 'big')!, 'rand-2m')!;
+  assert.ok(fileSize > 100_000);
+  const g = new FakeGuest(1024 * 1024);
+  const mem: GuestMemory = g.memory();
+  const dev = new VirtioFsDevice({ tag: 'erofs', numRequestQueues: 1, server, log: silentLogger });
+  const q = new VirtQueue(1, silentLogger, (c) => dev.handleChain(c));
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  try {
+    q.setSize(QSIZE);
+    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
+    q.setKick(dupFd(kick));
+    q.setCall(dupFd(call));
+    q.enabled = true;
+    q.start();
+    const ram = g.ram;
+    ram.fill(0xee, 0x20000, 0xf0000); // canaries in every reply area
+    // Chain 0: 40,000 bytes at 12,345; the out header is split 10 + 6 over two descriptors and the
+    // data runs on over three (2,994 + 5,000 + 32,006 of 60,000).
+    readRequest(ram, 0x10000, 21, file.nodeid, fh, 12_345, 40_000);
+    writeDesc(ram, 0, 0x10000, 80, 1, 1);
+    writeDesc(ram, 1, 0x20000, 10, 3, 2);
+    writeDesc(ram, 2, 0x30000, 3000, 3, 3);
+    writeDesc(ram, 3, 0x40000, 5000, 3, 4);
+    writeDesc(ram, 4, 0x50000, 60_000, 2);
+    // Chain 5: the second writable descriptor lies outside guest memory: dropped, nothing written.
+    readRequest(ram, 0x11000, 22, file.nodeid, fh, 0, 4096);
+    writeDesc(ram, 5, 0x11000, 80, 1, 6);
+    writeDesc(ram, 6, 0x70000, 16, 3, 7);
+    writeDesc(ram, 7, 2 * 1024 * 1024, 4096, 2);
+    // Chain 8: 4,096 bytes asked 1,000 before EOF: a short read, placed.
+    readRequest(ram, 0x12000, 23, file.nodeid, fh, fileSize - 1000, 4096);
+    writeDesc(ram, 8, 0x12000, 80, 1, 9);
+    writeDesc(ram, 9, 0x80000, 16, 3, 10);
+    writeDesc(ram, 10, 0x80100, 4096, 2);
+    // Chain 11: 4,096 bytes into 16 + 100 bytes of room: E2BIG, as before.
+    readRequest(ram, 0x13000, 24, file.nodeid, fh, 0, 4096);
+    writeDesc(ram, 11, 0x13000, 80, 1, 12);
+    writeDesc(ram, 12, 0x90000, 116, 2);
+    // Chain 13: 4,096 bytes asked 50 before EOF into 16 + 100 bytes: the short read fits.
+    readRequest(ram, 0x14000, 25, file.nodeid, fh, fileSize - 50, 4096);
+    writeDesc(ram, 13, 0x14000, 80, 1, 14);
+    writeDesc(ram, 14, 0xa0000, 116, 2);
+    for (const h of [0, 5, 8, 11, 13]) offer(ram, h);
+    native.eventfdWrite(kick, 1);
+    await until(() => used(ram).idx === 5, 'all five chains returned');
+    const u = used(ram);
+    const lenOf = (head: number): number | undefined => u.elems.find(([h]) => h === head)?.[1];
+    const hdr = Buffer.concat([ram.subarray(0x20000, 0x2000a), ram.subarray(0x30000, 0x30006)]);
+    assert.equal(hdr.readUInt32LE(0), 16 + 40_000, 'out header len across the split');
+    assert.equal(hdr.readInt32LE(4), 0);
+    assert.equal(hdr.readBigUInt64LE(8), 21n);
+    assert.equal(lenOf(0), 16 + 40_000);
+    const data = Buffer.concat([ram.subarray(0x30006, 0x30000 + 3000), ram.subarray(0x40000, 0x40000 + 5000), ram.subarray(0x50000, 0x50000 + 32_006)]);
+    assert.ok(data.equals(reader.read(nid, 12_345, 40_000)), 'file bytes across three descriptors');
+    assert.ok(ram.subarray(0x2000a, 0x20010).every((b) => b === 0xee), 'nothing past the 10-byte descriptor');
+    assert.ok(ram.subarray(0x50000 + 32_006, 0x50000 + 60_000).every((b) => b === 0xee), 'nothing past the data');
+    assert.equal(lenOf(5), 0, 'chain with a descriptor outside guest memory returned empty');
+    assert.ok(ram.subarray(0x70000, 0x70010).every((b) => b === 0xee), 'its valid descriptor untouched');
+    assert.equal(q.stats.dropped, 1);
+    assert.equal(lenOf(8), 16 + 1000);
+    assert.equal(ram.readUInt32LE(0x80000), 16 + 1000);
+    assert.ok(ram.subarray(0x80100, 0x80100 + 1000).equals(reader.read(nid, fileSize - 1000, 1000)));
+    assert.ok(ram.subarray(0x80100 + 1000, 0x80100 + 4096).every((b) => b === 0xee), 'nothing past EOF');
+    assert.equal(lenOf(11), 16);
+    assert.equal(ram.readInt32LE(0x90004), -7, 'E2BIG');
+    assert.equal(ram.readBigUInt64LE(0x90008), 24n);
+    assert.equal(lenOf(13), 16 + 50);
+    assert.equal(ram.readUInt32LE(0xa0000), 16 + 50);
+    assert.ok(ram.subarray(0xa0010, 0xa0010 + 50).equals(reader.read(nid, fileSize - 50, 50)));
+    assert.equal(dev.stats.placed, 2, 'chains 0 and 8 were placed directly, 11 and 13 took the buffered path');
+    assert.equal(dev.inflight, 0);
+  } finally {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    fs.closeSync(call);
+    g.close();
+    reader.close();
   }
 });

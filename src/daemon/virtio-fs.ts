@@ -25,9 +25,21 @@ const REPLY_BUFFER_SIZE = 1 << 20;
 const REPLY_POOL_MAX = 16;
 const E2BIG = 7;
 
+/** Per-request context handed to the FUSE server (src/fuse/server.ts HandleContext). */
+export interface RequestContextIn {
+  queue?: number;
+  replyBuffer?: Buffer;
+  /** The chain's device-writable buffers: a READ may place its data there (synchronously). */
+  replyTo?: readonly Buffer[];
+  /** Set by the server: data bytes placed in replyTo after the out header. */
+  placed?: number;
+}
+
 /** The transport-neutral FUSE server surface we need (src/fuse/server.ts FuseServer). */
 export interface FuseRequestHandler {
-  handle(request: Buffer, ctx?: { queue?: number; replyBuffer?: Buffer }): Promise<Buffer[] | null>;
+  handle(request: Buffer, ctx?: RequestContextIn): Promise<Buffer[] | null>;
+  /** Optional: like handle(), but answers synchronously when it can (no promise, no hop). */
+  handleMaybeSync?(request: Buffer, ctx?: RequestContextIn): Buffer[] | null | Promise<Buffer[] | null>;
 }
 
 export interface VirtioFsDeviceOptions {
@@ -82,7 +94,7 @@ export class VirtioFsDevice implements VhostUserDevice {
   readonly protocolFeatures: bigint;
   readonly numQueues: number;
   private readonly config: Buffer;
-  stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0 };
+  stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0, placed: 0 };
   inflight = 0;
   private readonly replyPool: Buffer[] = [];
 
@@ -131,35 +143,48 @@ export class VirtioFsDevice implements VhostUserDevice {
       }
     }
     this.inflight++;
-    // READ data goes into a pooled buffer (no fresh allocation per request), back to the pool
-    // once the reply has been scattered into the guest's buffers.
-    const lend = request.length >= 8 && request.readUInt32LE(4) === FUSE_READ ? this.replyPool.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE) : undefined;
-    let reply: Promise<Buffer[] | null>;
+    // A READ's data goes straight into the chain's writable buffers when the server can place it
+    // synchronously (one copy, image → guest); otherwise into a pooled buffer (no fresh
+    // allocation per request), back to the pool once the reply has been scattered.
+    const isRead = request.length >= 8 && request.readUInt32LE(4) === FUSE_READ;
+    const lend = isRead ? this.replyPool.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE) : undefined;
+    const ctx: RequestContextIn = isRead ? { queue: q.index, replyBuffer: lend, replyTo: chain.writable, placed: 0 } : { queue: q.index };
+    const server = this.opts.server;
+    let reply: Buffer[] | null | Promise<Buffer[] | null>;
     try {
-      reply = this.opts.server.handle(request, lend ? { queue: q.index, replyBuffer: lend } : { queue: q.index });
+      reply = server.handleMaybeSync ? server.handleMaybeSync(request, ctx) : server.handle(request, ctx);
     } catch (e) {
       reply = Promise.reject(e);
     }
-    const finish = (parts: Buffer[] | null): void => {
-      this.inflight--;
-      try {
-        q.complete(chain, this.writeReply(chain, parts, request));
-      } catch (e) {
-        // Never let a completion error become an unhandled rejection (that would end the daemon).
-        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: completing a request failed');
-      } finally {
-        if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
-      }
-    };
-    reply.then(finish, (e: unknown) => {
-      this.stats.failed++;
-      log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
-      finish([errorHeader(request, EIO)]);
-    });
+    if (!(reply instanceof Promise)) {
+      this.finish(chain, reply, request, ctx, lend);
+      return;
+    }
+    reply.then(
+      (parts) => this.finish(chain, parts, request, ctx, lend),
+      (e: unknown) => {
+        this.stats.failed++;
+        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
+        ctx.placed = 0;
+        this.finish(chain, [errorHeader(request, EIO)], request, ctx, lend);
+      },
+    );
+  }
+
+  private finish(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer, ctx: RequestContextIn, lend: Buffer | undefined): void {
+    this.inflight--;
+    try {
+      chain.queue.complete(chain, this.writeReply(chain, parts, request, ctx.placed ?? 0));
+    } catch (e) {
+      // Never let a completion error become an unhandled rejection (that would end the daemon).
+      this.opts.log.error({ queue: chain.queue.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: completing a request failed');
+    } finally {
+      if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
+    }
   }
 
   /** Scatters the reply into the chain's writable part; returns bytes written. */
-  private writeReply(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer): number {
+  private writeReply(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer, placed: number): number {
     if (!parts || parts.length === 0) {
       this.stats.noReply++;
       return 0;
@@ -171,6 +196,24 @@ export class VirtioFsDevice implements VhostUserDevice {
     }
     let total = 0;
     for (const p of parts) total += p.length;
+    if (placed > 0) {
+      // READ data already sits after the header: write just the header (it counts the data).
+      this.stats.placed++;
+      if (parts.length !== 1 || total !== OUT_HEADER_SIZE || OUT_HEADER_SIZE + placed > chain.writableLength) {
+        this.stats.failed++;
+        this.opts.log.error({ queue: chain.queue.index, placed, room: chain.writableLength }, 'virtio-fs: inconsistent placed reply');
+        parts = [errorHeader(request, EIO)];
+        placed = 0;
+      }
+      try {
+        const n = scatter(parts, chain.writable);
+        this.stats.replies++;
+        return n + placed;
+      } catch (e) {
+        this.opts.log.warn({ err: String(e) }, 'virtio-fs: could not write reply');
+        return 0;
+      }
+    }
     if (total > chain.writableLength) {
       this.stats.tooLarge++;
       this.opts.log.warn({ queue: chain.queue.index, reply: total, room: chain.writableLength }, 'virtio-fs: reply larger than the guest buffers');

@@ -115,6 +115,14 @@ export interface FuseFilesystem {
    * transport lends the server a reply buffer; `target` is only valid until the reply is sent.
    */
   readInto?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, target: Buffer): MaybePromise<number | Buffer | Buffer[]>;
+  /**
+   * Optional zero-copy READ into the transport's reply memory (e.g. a guest's buffers): fill the
+   * segments in order with up to `size` bytes (their total is exactly `size`) and return the
+   * count n synchronously (short only at EOF). The segments may be written only during this call,
+   * never later: to answer asynchronously (or from a cache), leave them alone and return the
+   * data like read() — as buffers, or a promise of buffers (never a promise of a count).
+   */
+  readIntoSegments?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, segments: readonly Buffer[]): number | Buffer | Buffer[] | Promise<Buffer | Buffer[]>;
   flush?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   release?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   statfs?(ctx: RequestContext, nodeid: number): MaybePromise<StatfsOut>;

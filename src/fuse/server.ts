@@ -76,6 +76,10 @@ class Cursor {
   need(n: number): void {
     if (n < 0 || this.pos + n > this.buf.length) throw new Malformed(`truncated: need ${n} bytes, have ${this.remaining}`);
   }
+  /** All the arguments, from the start (to re-parse them elsewhere). */
+  whole(): Buffer {
+    return this.buf;
+  }
   u32(): number {
     this.need(4);
     const v = this.buf.readUInt32LE(this.pos);
@@ -116,6 +120,36 @@ export interface HandleContext {
    * of allocating). It must stay untouched until the transport has sent the returned iovecs.
    */
   replyBuffer?: Buffer;
+  /**
+   * The reply's destination memory, in order (e.g. a virtqueue chain's device-writable guest
+   * buffers; the fuse_out_header goes in its first 16 bytes, wherever they are split). A READ may
+   * place its data there directly, from byte 16 on: only synchronously, inside the handle /
+   * handleMaybeSync call (never after an await, when the transport may no longer own the
+   * memory). It then sets `placed` to the number of data bytes placed and returns just the
+   * header, whose len counts them; the transport writes the returned iovecs from byte 0 as usual.
+   */
+  replyTo?: readonly Buffer[];
+  /** Set by the server: data bytes placed in `replyTo` after the header (0 when none). */
+  placed?: number;
+}
+
+/** The data area of a reply destination: `want` bytes after the out header, or null if it has less room. */
+function dataSegments(dst: readonly Buffer[], want: number): Buffer[] | null {
+  let skip = OUT_HEADER_SIZE;
+  let left = want;
+  const out: Buffer[] = [];
+  for (let i = 0; i < dst.length && left > 0; i++) {
+    const d = dst[i]!;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const n = Math.min(d.length - skip, left);
+    out.push(skip === 0 && n === d.length ? d : d.subarray(skip, skip + n));
+    skip = 0;
+    left -= n;
+  }
+  return left > 0 ? null : out;
 }
 
 function header(len: number, error: number, unique: Buffer): Buffer {
@@ -162,6 +196,16 @@ export class FuseServer {
    * when no reply is due (FORGET, BATCH_FORGET, INTERRUPT, NOTIFY_REPLY, unreadable header).
    */
   async handle(request: Buffer, ctx?: HandleContext): Promise<Buffer[] | null> {
+    return this.handleMaybeSync(request, ctx);
+  }
+
+  /**
+   * handle() without the promise when the answer is ready at once (READ of data the filesystem
+   * copies synchronously, LOOKUP, GETATTR of an in-memory tree): the reply iovecs, null, or a
+   * promise of them. Never throws.
+   */
+  handleMaybeSync(request: Buffer, ctx?: HandleContext): Buffer[] | null | Promise<Buffer[] | null> {
+    if (ctx) ctx.placed = 0;
     if (request.length < 16) {
       this.log?.warn({ bytes: request.length }, 'fuse: request shorter than a header, dropped');
       return null;
@@ -184,26 +228,116 @@ export class FuseServer {
         queue: ctx?.queue,
       };
       const args = request.subarray(IN_HEADER_SIZE, len - extBytes);
-      return await this.dispatch(rctx, new Cursor(args), unique, ctx?.replyBuffer);
+      const r = this.dispatchFast(rctx, new Cursor(args), unique, ctx);
+      if (r instanceof Promise) {
+        return r.then(undefined, (err: unknown) => {
+          if (ctx) ctx.placed = 0;
+          return this.failure(err, opcode, unique);
+        });
+      }
+      return r;
     } catch (err) {
-      if (err instanceof Malformed) {
-        this.log?.warn({ opcode, op: OPCODE_NAMES[opcode], err: err.message }, 'fuse: malformed request');
-        if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET || opcode === Opcode.INTERRUPT) return null;
-        return [header(OUT_HEADER_SIZE, -Errno.EINVAL, unique)];
-      }
-      const errno = errnoOf(err);
-      if (!(err instanceof FuseError) && errno === Errno.EIO) {
-        this.log?.error({ opcode, op: OPCODE_NAMES[opcode], err: String((err as Error)?.stack ?? err) }, 'fuse: request failed');
-      }
-      if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET || opcode === Opcode.INTERRUPT) return null;
-      return [header(OUT_HEADER_SIZE, -errno, unique)];
+      if (ctx) ctx.placed = 0;
+      return this.failure(err, opcode, unique);
     }
   }
 
+  /** The reply (or none) for a request whose handling threw. */
+  private failure(err: unknown, opcode: number, unique: Buffer): Buffer[] | null {
+    if (err instanceof Malformed) {
+      this.log?.warn({ opcode, op: OPCODE_NAMES[opcode], err: err.message }, 'fuse: malformed request');
+      if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET || opcode === Opcode.INTERRUPT) return null;
+      return [header(OUT_HEADER_SIZE, -Errno.EINVAL, unique)];
+    }
+    const errno = errnoOf(err);
+    if (!(err instanceof FuseError) && errno === Errno.EIO) {
+      this.log?.error({ opcode, op: OPCODE_NAMES[opcode], err: String((err as Error)?.stack ?? err) }, 'fuse: request failed');
+    }
+    if (opcode === Opcode.FORGET || opcode === Opcode.BATCH_FORGET || opcode === Opcode.INTERRUPT) return null;
+    return [header(OUT_HEADER_SIZE, -errno, unique)];
+  }
+
   private reply(unique: Buffer, ...parts: Buffer[]): Buffer[] {
+    if (parts.length <= 1) {
+      const p = parts[0];
+      return p && p.length > 0 ? [header(OUT_HEADER_SIZE + p.length, 0, unique), p] : [header(OUT_HEADER_SIZE, 0, unique)];
+    }
     let len = OUT_HEADER_SIZE;
     for (const p of parts) len += p.length;
     return [header(len, 0, unique), ...parts.filter((p) => p.length > 0)];
+  }
+
+  /**
+   * The hot opcodes (LOOKUP, GETATTR, READ) without an async hop when the filesystem answers
+   * synchronously; everything else goes through dispatch().
+   */
+  private dispatchFast(ctx: RequestContext, c: Cursor, unique: Buffer, hctx?: HandleContext): Buffer[] | null | Promise<Buffer[] | null> {
+    const op = ctx.opcode;
+    const fs = this.fs;
+    if (!this.negotiatedState) return this.dispatch(ctx, c, unique, hctx?.replyBuffer);
+    switch (op) {
+      case Opcode.LOOKUP: {
+        const name = c.cstring();
+        if (name.length > 255) return this.err(unique, Errno.ENAMETOOLONG);
+        if (!fs.lookup) return this.err(unique, Errno.ENOSYS);
+        const e = fs.lookup(ctx, ctx.nodeid, name);
+        return e instanceof Promise ? e.then((v) => this.reply(unique, this.entryBuf(v))) : this.reply(unique, this.entryBuf(e));
+      }
+      case Opcode.GETATTR: {
+        let fh: number | undefined;
+        if (c.remaining >= 16) {
+          const flags = c.u32();
+          c.u32();
+          const f = c.u64();
+          if (flags & FUSE_GETATTR_FH) fh = f;
+        }
+        if (!fs.getattr) return this.err(unique, Errno.ENOSYS);
+        const a = fs.getattr(ctx, ctx.nodeid, fh);
+        return a instanceof Promise ? a.then((v) => this.reply(unique, this.attrOutBuf(v))) : this.reply(unique, this.attrOutBuf(a));
+      }
+      case Opcode.READ: {
+        const dst = hctx?.replyTo;
+        if (!dst || !fs.readIntoSegments) break;
+        const { fh, offset, size } = this.readIn(c);
+        if (offset < 0) return this.err(unique, Errno.EINVAL);
+        const want = Math.min(size, this.maxData());
+        if (want === 0) return this.reply(unique);
+        const segs = dataSegments(dst, want);
+        if (!segs) {
+          // Less room than asked for: the buffered path (a short read still fits; else E2BIG).
+          return this.dispatch(ctx, new Cursor(c.whole()), unique, hctx.replyBuffer);
+        }
+        const r = fs.readIntoSegments(ctx, ctx.nodeid, fh, offset, want, segs);
+        if (typeof r === 'number') {
+          if (!Number.isSafeInteger(r) || r < 0 || r > want) return this.err(unique, Errno.EIO);
+          hctx.placed = r;
+          return [header(OUT_HEADER_SIZE + r, 0, unique)];
+        }
+        // Not placed (a hook answered with buffers): the transport copies them.
+        if (r instanceof Promise) {
+          return r.then((d) => {
+            if (typeof d === 'number') throw new FuseError(Errno.EIO, 'readIntoSegments resolved to a count after returning');
+            return this.readReply(unique, d, want);
+          });
+        }
+        return this.readReply(unique, r, want);
+      }
+    }
+    return this.dispatch(ctx, c, unique, hctx?.replyBuffer);
+  }
+
+  /** A READ reply from data buffers, cut to `want` bytes. */
+  private readReply(unique: Buffer, data: Buffer | Buffer[], want: number): Buffer[] {
+    const parts = Array.isArray(data) ? data : [data];
+    let total = 0;
+    const out: Buffer[] = [];
+    for (const p of parts) {
+      if (total >= want) break;
+      const take = p.length > want - total ? p.subarray(0, want - total) : p;
+      out.push(take);
+      total += take.length;
+    }
+    return this.reply(unique, ...out);
   }
 
   private err(unique: Buffer, errno: number): Buffer[] {
@@ -304,16 +438,7 @@ export class FuseServer {
         } else {
           data = await fs.read!(ctx, ctx.nodeid, fh, offset, want);
         }
-        const parts = Array.isArray(data) ? data : [data];
-        let total = 0;
-        const out: Buffer[] = [];
-        for (const p of parts) {
-          if (total >= want) break;
-          const take = p.length > want - total ? p.subarray(0, want - total) : p;
-          out.push(take);
-          total += take.length;
-        }
-        return this.reply(unique, ...out);
+        return this.readReply(unique, data, want);
       }
       case Opcode.RELEASE:
       case Opcode.RELEASEDIR: {

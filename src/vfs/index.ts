@@ -69,7 +69,12 @@ interface Slot {
   limit: number;
   rootNid: number;
   blockSize: number;
+  /** nid → data stored uncompressed (filled on demand by readIntoSegments). */
+  plain: Map<number, boolean>;
 }
+
+/** readIntoSegments: above this many segments, only uncompressed files are read per segment. */
+const SEGMENTS_PER_CALL = 8;
 
 interface Node {
   nodeid: number;
@@ -137,7 +142,7 @@ export class ImageTree implements FuseFilesystem {
       const bytes = sb.blocks * sb.blockSize;
       let limit = Math.floor(bytes / 32) + 1;
       if (!Number.isSafeInteger(limit) || limit <= 0 || base + limit >= DYNAMIC_BASE) limit = 0;
-      const slot: Slot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize };
+      const slot: Slot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize, plain: new Map() };
       base += limit;
       return slot;
     });
@@ -376,6 +381,50 @@ export class ImageTree implements FuseFilesystem {
       if (r !== undefined) return r;
     }
     return direct();
+  }
+
+  /**
+   * READ straight into the transport's reply memory (guest buffers): the read hook answers first
+   * (its data, or a promise of it, goes back unplaced); otherwise the image is copied into the
+   * segments, one reader call per segment. A compressed file split over many small segments is
+   * decoded once into a fresh buffer instead (per-call extent lookups would cost more than the
+   * copy saved).
+   */
+  readIntoSegments(
+    _ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, segments: readonly Buffer[],
+  ): number | Buffer | Buffer[] | Promise<Buffer | Buffer[]> {
+    const { slot, nid } = this.resolveImage(nodeid);
+    const hook = this.opts.hooks?.read;
+    if (hook) {
+      const r = hook(this.target(slot, nid), offset, size, this.handles.get(fh)?.direct ?? false);
+      if (r instanceof Promise) return r.then((v) => v ?? slot.reader.read(nid, offset, size));
+      if (r !== undefined) return r;
+    }
+    const reader = slot.reader;
+    if (!reader.readInto || (segments.length > SEGMENTS_PER_CALL && !this.storedPlain(slot, nid))) return reader.read(nid, offset, size);
+    let done = 0;
+    for (let i = 0; i < segments.length && done < size; i++) {
+      const seg = segments[i]!;
+      const want = Math.min(seg.length, size - done);
+      const n = reader.readInto(nid, offset + done, want, seg, 0);
+      done += n;
+      if (n < want) break; // end of file
+    }
+    return done;
+  }
+
+  /** Whether a file's data lies uncompressed in its image (cached per image and nid). */
+  private storedPlain(slot: Slot, nid: number): boolean {
+    let plain = slot.plain.get(nid);
+    if (plain === undefined) {
+      try {
+        plain = slot.reader.plainExtents(nid) !== undefined;
+      } catch {
+        plain = false; // the read itself reports the corruption
+      }
+      slot.plain.set(nid, plain);
+    }
+    return plain;
   }
 
   setupMapping(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void> {
