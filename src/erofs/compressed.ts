@@ -20,6 +20,8 @@ export interface CompressedHost {
   readUnified(addr: number, len: number): Buffer;
   /** A transient no-copy view of the unified data space when it is memory-mapped. */
   viewUnified?(addr: number, len: number): Buffer | undefined;
+  /** The mapped device bytes around a unified address (see ZImageContext.dataSpan). */
+  dataSpan?(addr: number): { buf: Buffer; base: number; lo: number; hi: number } | undefined;
   packedSource(): ByteSource;
 }
 
@@ -57,6 +59,7 @@ export class CompressedReader {
         algorithmConfigs: sb.comprCfgs,
         readData: (addr, len) => this.host.readUnified(addr, len),
         viewData: this.host.viewUnified ? (addr, len) => this.host.viewUnified!(addr, len) : undefined,
+        dataSpan: this.host.dataSpan ? (addr) => this.host.dataSpan!(addr) : undefined,
         readPacked: (offset, len) => this.host.packedSource().read(offset, len),
         cache: new zmap.PclusterCache(this.cacheBytes),
       };

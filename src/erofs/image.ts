@@ -24,6 +24,10 @@ const MAX_READ = 256 * 1024 * 1024;
 /** Symlink targets longer than this are cut, as the kernel's page_get_link does. */
 const MAX_LINK = 4095;
 
+/** dataSpan windows: 2 MiB from the address rounded down to 256 KiB (holds any pcluster, ≤ 1 MiB). */
+const SPAN_WINDOW = 2 * 1024 * 1024;
+const SPAN_ALIGN = 256 * 1024;
+
 export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   readonly sb: Superblock;
   readonly superblock: SuperblockSummary;
@@ -147,6 +151,42 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   viewUnified(addr: number, len: number): Buffer | undefined {
     const m = mapDevice(this, 0, addr);
     return this.device(m.device).view(m.physical, len);
+  }
+
+  /**
+   * A mapped window of device bytes around unified address `addr`: buf[i] is unified address
+   * base + i, and every address in [lo, hi) resolves (mapDevice) to that same device, so a
+   * pcluster inside [lo, hi) reads the same from buf as through readUnified. The window (up to
+   * SPAN_WINDOW bytes from addr rounded down to SPAN_ALIGN) comes from Device.view, so the
+   * device's read-ahead advice sees it. Undefined when the device is not mapped.
+   */
+  dataSpan(addr: number): { buf: Buffer; base: number; lo: number; hi: number } | undefined {
+    const m = mapDevice(this, 0, addr);
+    const dev = this.device(m.device);
+    if (!dev.mapped) return undefined;
+    const devBase = addr - m.physical;
+    let lo = Math.max(devBase, addr - (addr % SPAN_ALIGN));
+    let hi = Math.min(devBase + dev.size, lo + SPAN_WINDOW);
+    // Devices listed before this one take precedence in mapDevice: cut their ranges out.
+    const devs = this.sb.devices;
+    const bs = this.sb.blockSize;
+    const upTo = m.device === 0 ? devs.length : m.device - 1;
+    for (let i = 0; i < upTo; i++) {
+      const d = devs[i]!;
+      if (!d.uniaddr) continue;
+      const s = d.uniaddr * bs;
+      const e = s + d.blocks * bs;
+      if (e <= addr) lo = Math.max(lo, e);
+      else if (s > addr) hi = Math.min(hi, s);
+    }
+    if (m.device !== 0) {
+      const d = devs[m.device - 1]!;
+      hi = Math.min(hi, d.uniaddr * bs + d.blocks * bs);
+    }
+    if (!(lo <= addr && addr < hi)) return undefined;
+    const buf = dev.view(lo - devBase, hi - lo);
+    if (!buf || buf.length !== hi - lo) return undefined;
+    return { buf, base: lo, lo, hi };
   }
 
   inode(nid: number): Inode {

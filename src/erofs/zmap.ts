@@ -20,6 +20,7 @@
 
 import { ErofsError } from './api.js';
 import { decompressInto, type CompressionAlgorithm } from './decompress/index.js';
+import { lz4DecodeRange } from './decompress/lz4.js';
 
 /** Superblock feature bits this module cares about. */
 export const INCOMPAT_LZ4_0PADDING = 0x1;
@@ -75,6 +76,13 @@ export interface ZImageContext {
    */
   viewData?(addr: number, len: number): Buffer | undefined;
   /**
+   * Optional, preferred over viewData: the memory-mapped device bytes around data address
+   * `addr` (see DataSpan), or undefined. Lets sequential reads decode pcluster after pcluster
+   * straight from the mapping with offsets, with no view object or call per pcluster. Same
+   * rules as viewData: the bytes are only read during a call, never kept or handed out.
+   */
+  dataSpan?(addr: number): DataSpan | undefined;
+  /**
    * Bytes `[offset, offset+len)` of the packed inode's content (fragments). Must throw
    * ErofsError('EIO') when there is no packed inode or the range is past its end.
    */
@@ -83,6 +91,17 @@ export interface ZImageContext {
   cache: PclusterCache;
   /** Test hook: replaces ./decompress/index.js `decompress`. */
   decompress?: DecompressFn;
+}
+
+/**
+ * Mapped bytes of one device: buf[i] holds data address base + i, and a pcluster [pa, pa+plen)
+ * with lo <= pa and pa + plen <= hi reads exactly as readData(pa, plen) would.
+ */
+export interface DataSpan {
+  buf: Buffer;
+  base: number;
+  lo: number;
+  hi: number;
 }
 
 export type DecompressFn = (
@@ -259,6 +278,7 @@ const PA_STRIDE = 256;
 /** Read-ahead size for sequential pcluster reads. */
 const RAW_READAHEAD = 128 * 1024;
 
+
 /** Nesting of fragment reads (a packed inode never legitimately has fragments itself). */
 let fragmentDepth = 0;
 const MAX_FRAGMENT_DEPTH = 2;
@@ -301,6 +321,10 @@ interface HeadInfo {
   nextpackoff: number;
 }
 
+function newRec(): Rec {
+  return { lcn: 0, type: 0, clusterofs: 0, delta0: 0, delta1: 0, pblk: 0, compressedblks: 0, partialref: false, nextpackoff: 0 };
+}
+
 function eio(nid: number, what: string): ErofsError {
   return new ErofsError('EIO', `compressed inode ${nid}: ${what}`);
 }
@@ -334,11 +358,28 @@ export class CompressedFile {
   private metaEnd = 0;
   private win0: { start: number; buf: Buffer } | undefined;
   private win1: { start: number; buf: Buffer } | undefined;
+  /** Offset into the buffer the last meta() call returned. */
+  private mo = 0;
+  // compact index layout, computed on first use (compactPos)
+  private cpC2b = -1;
+  private cpEbase = 0;
+  private cpInitial = 0;
+  private cpShift = 2;
 
   // recsz == 4 extent layout: running prefix sums of physical starts
   private paPrefix: number[] = [];
 
   private lastExt: Ext | undefined;
+
+  // scratch records for the lcluster walks (no allocation per extent)
+  private readonly recA: Rec = newRec();
+  private readonly recB: Rec = newRec();
+  private readonly hi: HeadInfo = { headLcn: 0, headtype: 0, la: 0, pblk: 0, partialref: false, compressedblks: 0, nextpackoff: 0 };
+  /** The head lcluster that ended the last extent extentEnd() measured (valid when nextHeadValid). */
+  private readonly nextHead: Rec = newRec();
+  private nextHeadValid = false;
+  /** The last mapped span pclusters were decoded from (ZImageContext.dataSpan). */
+  private span: DataSpan | undefined;
   private inFragmentRead = false;
 
   constructor(readonly ctx: CompressedFileContext) {
@@ -532,16 +573,23 @@ export class CompressedFile {
 
   // ---------------------------------------------------------------- index area access
 
-  /** Returns [buffer, offset] such that buffer[offset .. offset+len) are meta bytes at pos. */
-  private meta(pos: number, len: number): [Buffer, number] {
+  /**
+   * Returns a buffer whose bytes [this.mo, this.mo + len) are the meta bytes at pos (no tuple:
+   * this runs several times per extent on sequential reads).
+   */
+  private meta(pos: number, len: number): Buffer {
     if (pos < 0 || pos + len > this.metaEnd) throw eio(this.nid, `index access ${pos}+${len} beyond index area`);
     const w0 = this.win0;
-    if (w0 && pos >= w0.start && pos + len <= w0.start + w0.buf.length) return [w0.buf, pos - w0.start];
+    if (w0 && pos >= w0.start && pos + len <= w0.start + w0.buf.length) {
+      this.mo = pos - w0.start;
+      return w0.buf;
+    }
     const w1 = this.win1;
     if (w1 && pos >= w1.start && pos + len <= w1.start + w1.buf.length) {
       this.win1 = w0;
       this.win0 = w1;
-      return [w1.buf, pos - w1.start];
+      this.mo = pos - w1.start;
+      return w1.buf;
     }
     const ws = pos - (pos % META_WINDOW);
     const we = Math.min(ws + META_WINDOW, this.metaEnd);
@@ -557,22 +605,10 @@ export class CompressedFile {
     }
     this.win1 = this.win0;
     this.win0 = w;
-    return [w.buf, pos - w.start];
+    this.mo = pos - w.start;
+    return w.buf;
   }
 
-  private newRec(): Rec {
-    return {
-      lcn: 0,
-      type: 0,
-      clusterofs: 0,
-      delta0: 0,
-      delta1: 0,
-      pblk: 0,
-      compressedblks: 0,
-      partialref: false,
-      nextpackoff: 0,
-    };
-  }
 
   private loadLcluster(m: Rec, lcn: number, lookahead: boolean): void {
     if (this.ctx.datalayout === DATALAYOUT_COMPRESSED_COMPACT) this.loadCompact(m, lcn, lookahead);
@@ -585,7 +621,8 @@ export class CompressedFile {
   private loadFull(m: Rec, lcn: number): void {
     if (lcn < 0 || lcn >= this.totalIdx) throw eio(this.nid, `lcn ${lcn} out of range`);
     const pos = this.ctx.mapHeaderPos + 16 + lcn * 8;
-    const [b, o] = this.meta(pos, 8);
+    const b = this.meta(pos, 8);
+    const o = this.mo;
     m.lcn = lcn;
     m.nextpackoff = pos + 8;
     const advise = b.readUInt16LE(o);
@@ -608,15 +645,25 @@ export class CompressedFile {
     }
   }
 
-  /** Byte position and amortized shift of compact index `lcn`. */
-  private compactPos(lcn: number): [number, number] {
-    const ebase = this.ctx.mapHeaderPos + 8;
-    const initial = ((32 - (ebase % 32)) / 4) & 7;
-    let c2b = 0;
-    if (this.advise & ADVISE_COMPACTED_2B && initial < this.totalIdx) {
-      c2b = Math.floor((this.totalIdx - initial) / 16) * 16;
+  /**
+   * Byte position of compact index `lcn`; its amortized shift (2 = 4-byte packs, 1 = 2-byte
+   * packs) goes to this.cpShift (no tuple: this runs several times per extent).
+   */
+  private compactPos(lcn: number): number {
+    if (this.cpC2b < 0) {
+      const ebase = this.ctx.mapHeaderPos + 8;
+      const initial = ((32 - (ebase % 32)) / 4) & 7;
+      let c2b = 0;
+      if (this.advise & ADVISE_COMPACTED_2B && initial < this.totalIdx) {
+        c2b = Math.floor((this.totalIdx - initial) / 16) * 16;
+      }
+      this.cpEbase = ebase;
+      this.cpInitial = initial;
+      this.cpC2b = c2b;
     }
-    let pos = ebase;
+    const initial = this.cpInitial;
+    const c2b = this.cpC2b;
+    let pos = this.cpEbase;
     let shift = 2;
     let l = lcn;
     if (l >= initial) {
@@ -628,38 +675,39 @@ export class CompressedFile {
         l -= c2b;
       }
     }
-    return [pos + l * (1 << shift), shift];
+    this.cpShift = shift;
+    return pos + l * (1 << shift);
   }
 
   private compactPackEnd(lcn: number): number {
-    const [pos, shift] = this.compactPos(lcn);
-    const packBytes = (shift === 2 ? 2 : 16) << shift;
+    const pos = this.compactPos(lcn);
+    const packBytes = (this.cpShift === 2 ? 2 : 16) << this.cpShift;
     return pos - (pos % packBytes) + packBytes;
   }
 
   private loadCompact(m: Rec, lcn: number, lookahead: boolean): void {
     if (lcn < 0 || lcn >= this.totalIdx) throw eio(this.nid, `lcn ${lcn} out of range`);
     const lclusterbits = this.lcb;
-    const [pos, shift] = this.compactPos(lcn);
+    const pos = this.compactPos(lcn);
+    const shift = this.cpShift;
     let vcnt: number;
     if (shift === 2) vcnt = 2;
     else if (lclusterbits <= 12) vcnt = 16;
     else throw new ErofsError('EOPNOTSUPP', `compact 2B indexes with lclusterbits ${lclusterbits}`);
     const packBytes = vcnt << shift;
     const packStart = pos - (pos % packBytes);
-    const [b, base] = this.meta(packStart, packBytes);
+    const b = this.meta(packStart, packBytes);
+    const base = this.mo;
     m.lcn = lcn;
     m.nextpackoff = packStart + packBytes;
-    const lobits = Math.max(lclusterbits, 12);
+    const lobits = lclusterbits > 12 ? lclusterbits : 12;
     const lomask = (1 << lobits) - 1;
     const encodebits = ((packBytes - 4) * 8) / vcnt;
     let i = (pos - packStart) >> shift;
-    const decode = (idx: number): [number, number] => {
-      const bit = encodebits * idx;
-      const v = b.readUInt32LE(base + (bit >> 3)) >>> (bit & 7);
-      return [v & lomask, (v >>> lobits) & 3];
-    };
-    let [lo, type] = decode(i);
+    // Entry idx of the pack: lo = v & lomask, type = (v >>> lobits) & 3 (see packEntry).
+    let v = packEntry(b, base, encodebits, i);
+    let lo = v & lomask;
+    let type = (v >>> lobits) & 3;
     m.type = type;
     if (type === TYPE_NONHEAD) {
       m.clusterofs = this.lcsize;
@@ -670,9 +718,9 @@ export class CompressedFile {
         let lj = 0;
         let found = false;
         do {
-          const [l2, t2] = decode(j);
-          lj = l2;
-          if (t2 !== TYPE_NONHEAD) {
+          const v2 = packEntry(b, base, encodebits, j);
+          lj = v2 & lomask;
+          if (((v2 >>> lobits) & 3) !== TYPE_NONHEAD) {
             found = true;
             break;
           }
@@ -691,7 +739,9 @@ export class CompressedFile {
         return;
       }
       // The last lcluster of a pack stores delta[1]; derive delta[0] from the previous one.
-      [lo, type] = decode(i - 1);
+      v = packEntry(b, base, encodebits, i - 1);
+      lo = v & lomask;
+      type = (v >>> lobits) & 3;
       if (type !== TYPE_NONHEAD) lo = 0;
       else if (lo & LI_D0_CBLKCNT) lo = 1;
       m.delta0 = lo + 1;
@@ -704,16 +754,17 @@ export class CompressedFile {
       nblk = 1;
       while (i > 0) {
         --i;
-        const [l2, t2] = decode(i);
-        if (t2 === TYPE_NONHEAD) i -= l2;
+        const v2 = packEntry(b, base, encodebits, i);
+        if (((v2 >>> lobits) & 3) === TYPE_NONHEAD) i -= v2 & lomask;
         if (i >= 0) ++nblk;
       }
     } else {
       nblk = 0;
       while (i > 0) {
         --i;
-        const [l2, t2] = decode(i);
-        if (t2 === TYPE_NONHEAD) {
+        const v2 = packEntry(b, base, encodebits, i);
+        if (((v2 >>> lobits) & 3) === TYPE_NONHEAD) {
+          const l2 = v2 & lomask;
           if (l2 & LI_D0_CBLKCNT) {
             --i;
             nblk += l2 & ~LI_D0_CBLKCNT;
@@ -726,29 +777,56 @@ export class CompressedFile {
         ++nblk;
       }
     }
-    m.pblk = b.readUInt32LE(base + packBytes - 4) + nblk;
+    m.pblk = readU32(b, base + packBytes - 4) + nblk;
   }
 
   // ---------------------------------------------------------------- lcluster-index mapping
 
-  /** Finds the head lcluster of the extent containing file offset `ofs` (kernel z_erofs_map_blocks_fo). */
+  /** Zeroes a scratch record (what newRec() gives), so no field of an earlier load leaks in. */
+  private resetRec(m: Rec): Rec {
+    m.lcn = 0;
+    m.type = 0;
+    m.clusterofs = 0;
+    m.delta0 = 0;
+    m.delta1 = 0;
+    m.pblk = 0;
+    m.compressedblks = 0;
+    m.partialref = false;
+    m.nextpackoff = 0;
+    return m;
+  }
+
+  private headResult(lcn: number, m: Rec, compressedblks: number, nextpackoff: number): HeadInfo {
+    const h = this.hi;
+    h.headLcn = lcn;
+    h.headtype = m.type;
+    h.la = lcn * this.lcsize + m.clusterofs;
+    h.pblk = m.pblk;
+    h.partialref = m.partialref;
+    h.compressedblks = compressedblks;
+    h.nextpackoff = nextpackoff;
+    return h;
+  }
+
+  /**
+   * Finds the head lcluster of the extent containing file offset `ofs` (kernel
+   * z_erofs_map_blocks_fo). The result is a scratch object, valid until the next call.
+   */
   private locateHead(ofs: number): HeadInfo {
     const L = this.lcsize;
     const initial = Math.floor(ofs / L);
     const endoff = ofs - initial * L;
-    const m = this.newRec();
+    const nh = this.nextHead;
+    if (this.nextHeadValid && nh.lcn === initial && endoff >= nh.clusterofs) {
+      // The head lcluster extentEnd() stopped at for the previous extent: the same record a
+      // fresh load gives (heads carry no delta1, and compressedblks is 0 on a direct hit).
+      return this.headResult(initial, nh, 0, nh.nextpackoff);
+    }
+    const m = this.resetRec(this.recA);
     this.loadLcluster(m, initial, false);
     const nextpackoff = m.nextpackoff;
     if (m.type !== TYPE_NONHEAD && endoff >= m.clusterofs) {
-      return {
-        headLcn: initial,
-        headtype: m.type,
-        la: initial * L + m.clusterofs,
-        pblk: m.pblk,
-        partialref: m.partialref,
-        compressedblks: m.compressedblks,
-        nextpackoff,
-      };
+      return this.headResult(initial, m, m.compressedblks, nextpackoff);
     }
     let dist: number;
     if (m.type !== TYPE_NONHEAD) {
@@ -768,15 +846,7 @@ export class CompressedFile {
         dist = m.delta0;
         continue;
       }
-      return {
-        headLcn: lcn,
-        headtype: m.type,
-        la: lcn * L + m.clusterofs,
-        pblk: m.pblk,
-        partialref: m.partialref,
-        compressedblks: m.compressedblks,
-        nextpackoff,
-      };
+      return this.headResult(lcn, m, m.compressedblks, nextpackoff);
     }
     throw eio(this.nid, `bogus lookback distance ${dist} @ lcn ${lcn}`);
   }
@@ -795,7 +865,7 @@ export class CompressedFile {
       cblks = 1;
     }
     if (!cblks) {
-      const m = this.newRec();
+      const m = this.resetRec(this.recB);
       this.loadLcluster(m, lcn, false);
       if (m.type === TYPE_NONHEAD && m.delta0 !== 1) throw eio(this.nid, `bogus CBLKCNT @ lcn ${lcn}`);
       cblks = m.type !== TYPE_NONHEAD || !m.compressedblks ? 1 : m.compressedblks;
@@ -805,23 +875,28 @@ export class CompressedFile {
     return plen;
   }
 
-  /** End (exclusive file offset) of the extent whose head is `h` (kernel ..._decompressedlen). */
+  /**
+   * End (exclusive file offset) of the extent whose head is `h` (kernel ..._decompressedlen).
+   * The head lcluster that ends it is kept in this.nextHead: a sequential read looks up exactly
+   * that lcluster next, and locateHead() then need not load it again.
+   */
   private extentEnd(h: HeadInfo): number {
     const L = this.lcsize;
-    const m = this.newRec();
-    let lcn = h.headLcn;
+    const headLcn = h.headLcn;
+    this.nextHeadValid = false;
+    if (headLcn * L >= this.size) return this.size;
+    // The head lcluster itself was loaded (and checked) by locateHead: step past it.
+    const m = this.resetRec(this.nextHead);
+    let lcn = headLcn + 1;
     for (;;) {
       if (lcn * L >= this.size) return this.size;
-      if ((lcn - h.headLcn) * L > PCLUSTER_MAX_DSIZE + L) throw eio(this.nid, 'extent too long');
+      if ((lcn - headLcn) * L > PCLUSTER_MAX_DSIZE + L) throw eio(this.nid, 'extent too long');
       this.loadLcluster(m, lcn, true);
-      let d1: number;
-      if (m.type === TYPE_NONHEAD) {
-        d1 = m.delta1 || 1;
-      } else {
-        if (lcn !== h.headLcn) return Math.min(this.size, lcn * L + m.clusterofs);
-        d1 = 1;
+      if (m.type !== TYPE_NONHEAD) {
+        this.nextHeadValid = true;
+        return Math.min(this.size, lcn * L + m.clusterofs);
       }
-      lcn += d1;
+      lcn += m.delta1 || 1;
     }
   }
 
@@ -868,7 +943,8 @@ export class CompressedFile {
     const base = this.extPos + 8;
     const cp = this.paPrefix;
     if (cp.length === 0) {
-      const [b, o] = this.meta(this.extPos, 8);
+      const b = this.meta(this.extPos, 8);
+      const o = this.mo;
       const v = b.readUInt32LE(o) + b.readUInt32LE(o + 4) * TWO32;
       if (!Number.isSafeInteger(v)) throw eio(this.nid, 'extent pstart out of range');
       cp.push(v);
@@ -883,7 +959,8 @@ export class CompressedFile {
 
   private sumPlen(pos: number, count: number): number {
     if (count === 0) return 0;
-    const [b, o] = this.meta(pos, count * 4);
+    const b = this.meta(pos, count * 4);
+    const o = this.mo;
     let sum = 0;
     for (let i = 0; i < count; i++) sum += b.readUInt32LE(o + i * 4) & EXTENT_PLEN_MASK;
     return sum;
@@ -902,10 +979,12 @@ export class CompressedFile {
       if (k >= this.nExtents) throw eio(this.nid, `offset ${ofs} beyond extents`);
       if (recsz === 4) {
         pa = this.prefixPa(k);
-        const [b, o] = this.meta(this.extPos + 8 + k * 4, 4);
+        const b = this.meta(this.extPos + 8 + k * 4, 4);
+        const o = this.mo;
         plenRaw = b.readUInt32LE(o);
       } else {
-        const [b, o] = this.meta(this.extPos + k * 8, 8);
+        const b = this.meta(this.extPos + k * 8, 8);
+        const o = this.mo;
         plenRaw = b.readUInt32LE(o);
         pa = b.readUInt32LE(o + 4);
       }
@@ -915,7 +994,8 @@ export class CompressedFile {
     } else {
       const n = this.nExtents;
       const rec = (i: number): [number, number, number] => {
-        const [b, o] = this.meta(this.extPos + i * recsz, recsz);
+        const b = this.meta(this.extPos + i * recsz, recsz);
+        const o = this.mo;
         let la = b.readUInt32LE(o + 12);
         if (recsz >= 32) la += b.readUInt32LE(o + 16) * TWO32;
         const p = b.readUInt32LE(o + 4) + b.readUInt32LE(o + 8) * TWO32;
@@ -1047,6 +1127,12 @@ export class CompressedFile {
    * in place (and then copied into the cache when `keep`).
    */
   private decodedInto(e: Ext, out: Buffer, at: number, keep: boolean): void {
+    if (!keep && !worthCaching(e.fmt)) {
+      // LZ4 and uncompressed extents decode from the image faster than a cache hit copies:
+      // skip the key string and the lookup too.
+      this.decode(e, out, at);
+      return;
+    }
     const key = this.cacheKey(e);
     const cache = this.img.cache;
     const hit = cache.get(key);
@@ -1060,20 +1146,38 @@ export class CompressedFile {
 
   /** Decodes extent `e` (data or inline pcluster) into out[at, at + e.llen). */
   private decode(e: Ext, out: Buffer, at: number): void {
+    if (e.src === SRC_DATA && this.img.dataSpan) {
+      let sp = this.span;
+      const pa = e.pa;
+      const pend = pa + e.plen;
+      if (sp === undefined || pa < sp.lo || pend > sp.hi) {
+        sp = this.img.dataSpan(pa);
+        this.span = sp;
+      }
+      if (sp !== undefined && pa >= sp.lo && pend <= sp.hi && pa - sp.base + e.plen <= sp.buf.length) {
+        this.decodeFrom(e, sp.buf, pa - sp.base, out, at);
+        return;
+      }
+    }
     const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.readRaw(e.pa, e.plen);
     if (raw.length !== e.plen) throw eio(this.nid, 'short pcluster read');
+    this.decodeFrom(e, raw, 0, out, at);
+  }
+
+  /** Decodes extent `e` from its pcluster bytes src[s0, s0 + e.plen) into out[at, at + e.llen). */
+  private decodeFrom(e: Ext, src: Buffer, s0: number, out: Buffer, at: number): void {
     if (e.fmt === FMT_SHIFTED) {
       if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
-      raw.copy(out, at, 0, e.llen);
+      src.copy(out, at, s0, s0 + e.llen);
     } else if (e.fmt === FMT_INTERLACED) {
       if (e.llen > e.plen) throw eio(this.nid, `plain extent of ${e.llen} bytes in a ${e.plen}-byte pcluster`);
       const cur0 = this.bs - (e.la % this.bs);
       if (cur0 > e.plen) throw eio(this.nid, 'interlaced pcluster too short');
       const first = Math.min(cur0, e.llen);
-      raw.copy(out, at, e.plen - cur0, e.plen - cur0 + first);
-      if (e.llen > first) raw.copy(out, at + first, 0, e.llen - first);
+      src.copy(out, at, s0 + e.plen - cur0, s0 + e.plen - cur0 + first);
+      if (e.llen > first) src.copy(out, at + first, s0, s0 + e.llen - first);
     } else {
-      this.inflate(e, raw, out, at);
+      this.inflate(e, src, s0, out, at);
     }
   }
 
@@ -1110,31 +1214,47 @@ export class CompressedFile {
     return this.img.readData(pa, plen);
   }
 
-  private inflate(e: Ext, raw: Buffer, target: Buffer, at: number): void {
+  /** Decompresses extent `e` from src[s0, s0 + e.plen) into target[at, at + e.llen). */
+  private inflate(e: Ext, src: Buffer, s0: number, target: Buffer, at: number): void {
     const alg = ALG_NAMES[e.fmt];
     if (!alg) throw new ErofsError('EOPNOTSUPP', `unknown compression algorithm ${e.fmt}`);
-    let src = raw;
+    const send = s0 + e.plen;
+    let margin = 0;
     if (e.fmt !== 0 || this.img.featureIncompat & INCOMPAT_LZ4_0PADDING) {
       // z_erofs_fixup_insize: skip the zero padding, looked for within the first page only.
-      const limit = Math.min(raw.length, PAGE - (e.pa % PAGE));
-      let margin = 0;
-      while (margin < limit && raw[margin] === 0) margin++;
+      const limit = Math.min(e.plen, PAGE - (e.pa % PAGE));
+      while (margin < limit && src[s0 + margin] === 0) margin++;
       if (margin >= limit) throw eio(this.nid, 'compressed pcluster is all padding');
-      src = raw.subarray(margin);
     }
+    const fn = this.img.decompress;
+    if (e.fmt === 0 && !fn) {
+      // LZ4 hot path: decode straight from the source (usually the image mapping) into the
+      // target with offsets; no views, option objects or buffers per pcluster.
+      let sp = s0 + margin;
+      // Without 0padding the decoder contract still skips leading zeros (as decompress() does).
+      while (sp < send && src[sp] === 0) sp++;
+      if (sp >= send) throw eio(this.nid, 'lz4: compressed data is empty or all zero');
+      try {
+        lz4DecodeRange(src, sp, send, target, at, at + e.llen, true);
+      } catch (err) {
+        if (err instanceof ErofsError) throw err;
+        throw eio(this.nid, `lz4 decompression failed: ${(err as Error).message}`);
+      }
+      return;
+    }
+    const raw = src.subarray(s0 + margin, send);
     const opts: { partial: boolean; dictSize?: number } = { partial: true };
     if (alg === 'lzma') {
       const cfg = this.img.algorithmConfigs[1];
       if (cfg && cfg.length >= 4) opts.dictSize = cfg.readUInt32LE(0);
     }
-    const fn = this.img.decompress;
     try {
       if (fn) {
-        const out = fn(alg, src, e.llen, opts);
+        const out = fn(alg, raw, e.llen, opts);
         if (out.length !== e.llen) throw eio(this.nid, `${alg} produced ${out.length} bytes, wanted ${e.llen}`);
         target.set(out, at);
       } else {
-        decompressInto(alg, src, target, at, e.llen, opts);
+        decompressInto(alg, raw, target, at, e.llen, opts);
       }
     } catch (err) {
       if (err instanceof ErofsError) throw err;
@@ -1150,6 +1270,17 @@ export class CompressedFile {
  */
 function worthCaching(fmt: number): boolean {
   return fmt !== 0 && fmt !== FMT_SHIFTED && fmt !== FMT_INTERLACED;
+}
+
+/** Little-endian u32 at b[p] (the caller has checked p + 4 <= b.length). */
+function readU32(b: Buffer, p: number): number {
+  return (b[p]! | (b[p + 1]! << 8) | (b[p + 2]! << 16) | (b[p + 3]! << 24)) >>> 0;
+}
+
+/** Compact index entry `idx` of the pack at b[base]: its bits, lowest first (lo, then type). */
+function packEntry(b: Buffer, base: number, encodebits: number, idx: number): number {
+  const bit = encodebits * idx;
+  return readU32(b, base + (bit >> 3)) >>> (bit & 7);
 }
 
 function roundUp(v: number, a: number): number {

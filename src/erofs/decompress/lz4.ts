@@ -6,7 +6,7 @@
 
 import { ErofsError } from '../api.js';
 
-/** Copies shorter than this use a byte loop; longer ones a native memmove. */
+/** Copies shorter than this use a word/byte loop; longer ones a native memmove. */
 const SHORT_COPY = 32;
 
 function corrupt(msg: string): never {
@@ -15,7 +15,7 @@ function corrupt(msg: string): never {
 
 export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Buffer {
   const out = Buffer.allocUnsafe(outLen);
-  lz4DecompressInto(src, out, partial);
+  lz4DecodeRange(src, 0, src.length, out, 0, outLen, partial);
   return out;
 }
 
@@ -24,75 +24,119 @@ export function lz4Decompress(src: Buffer, outLen: number, partial: boolean): Bu
  * (e.g. a read reply), so no output buffer is allocated. Matches cannot reach before the window.
  */
 export function lz4DecompressInto(src: Buffer, out: Buffer, partial: boolean): Buffer {
-  const outLen = out.length;
-  // Short copies move 4 bytes at a time through DataViews (unaligned access is fine there).
-  const odv = new DataView(out.buffer, out.byteOffset, outLen);
-  const sdv = new DataView(src.buffer, src.byteOffset, src.length);
-  const srcLen = src.length;
-  let ip = 0;
-  let op = 0;
+  lz4DecodeRange(src, 0, src.length, out, 0, out.length, partial);
+  return out;
+}
+
+// DataViews for the 4-byte short copies, kept for the last source and output arrays: the hot
+// callers pass the same arrays again and again (the image mapping, the read reply buffer).
+let srcKey: Uint8Array | undefined;
+let srcDv: DataView | undefined;
+let outKey: Uint8Array | undefined;
+let outDv: DataView | undefined;
+
+function viewOf(a: Uint8Array): DataView {
+  return new DataView(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/**
+ * The stream in src[srcStart, srcEnd) decoded into out[outStart, outEnd) (exactly that many
+ * bytes; `partial` as for decompress()). No views or buffers are allocated per call: the hot
+ * path passes the whole image mapping and the caller's reply buffer with offsets. Matches
+ * cannot reach before outStart; every index is checked against the given ranges.
+ */
+export function lz4DecodeRange(
+  src: Uint8Array,
+  srcStart: number,
+  srcEnd: number,
+  out: Uint8Array,
+  outStart: number,
+  outEnd: number,
+  partial: boolean,
+): void {
+  if (!(srcStart >= 0 && srcStart <= srcEnd && srcEnd <= src.length && outStart >= 0 && outStart <= outEnd &&
+        outEnd <= out.length)) {
+    throw new ErofsError('EINVAL', `lz4: bad window src ${srcStart}..${srcEnd}/${src.length} out ${outStart}..${outEnd}/${out.length}`);
+  }
+  if (outStart === outEnd) return;
+  let sdv = srcDv;
+  if (srcKey !== src || sdv === undefined) {
+    sdv = viewOf(src);
+    srcKey = src;
+    srcDv = sdv;
+  }
+  let odv = outDv;
+  if (outKey !== out || odv === undefined) {
+    odv = src === out ? sdv : viewOf(out);
+    outKey = out;
+    outDv = odv;
+  }
+  const sBuf = src.buffer;
+  const sBase = src.byteOffset;
+  let ip = srcStart;
+  let op = outStart;
   for (;;) {
-    if (ip >= srcLen) corrupt(`input ended after ${op} of ${outLen} bytes`);
-    const token = src[ip++];
+    if (ip >= srcEnd) corrupt(`input ended after ${op - outStart} of ${outEnd - outStart} bytes`);
+    const token = src[ip++]!;
     // Literals.
     let litLen = token >>> 4;
     if (litLen === 15) {
       let b: number;
       do {
-        if (ip >= srcLen) corrupt('truncated literal length');
-        b = src[ip++];
+        if (ip >= srcEnd) corrupt('truncated literal length');
+        b = src[ip++]!;
         litLen += b;
       } while (b === 255);
     }
     if (litLen > 0) {
-      if (ip + litLen > srcLen) {
-        // Truncated literal run: usable only if outLen is reached within it.
-        if (op + (srcLen - ip) < outLen) corrupt('literal run past end of input');
+      if (ip + litLen > srcEnd) {
+        // Truncated literal run: usable only if outEnd is reached within it.
+        if (op + (srcEnd - ip) < outEnd) corrupt('literal run past end of input');
       }
       let n = litLen;
-      if (op + n > outLen) {
+      if (op + n > outEnd) {
         if (!partial) corrupt('literal run past end of output');
-        n = outLen - op;
+        n = outEnd - op;
       }
       if (n < SHORT_COPY) {
         let i = 0;
         for (; i + 4 <= n; i += 4) odv.setUint32(op + i, sdv.getUint32(ip + i, true), true);
-        for (; i < n; i++) out[op + i] = src[ip + i];
+        for (; i < n; i++) out[op + i] = src[ip + i]!;
       } else {
-        src.copy(out, op, ip, ip + n);
+        out.set(new Uint8Array(sBuf, sBase + ip, n), op);
       }
       op += n;
       ip += n;
-      if (op === outLen) return out;
+      if (op === outEnd) return;
     }
-    if (ip >= srcLen) corrupt(`input ended after ${op} of ${outLen} bytes`);
+    if (ip >= srcEnd) corrupt(`input ended after ${op - outStart} of ${outEnd - outStart} bytes`);
     // Match.
-    if (ip + 2 > srcLen) corrupt('truncated match offset');
-    const offset = src[ip] | (src[ip + 1] << 8);
+    if (ip + 2 > srcEnd) corrupt('truncated match offset');
+    const offset = src[ip]! | (src[ip + 1]! << 8);
     ip += 2;
-    if (offset === 0 || offset > op) corrupt(`bad match offset ${offset} at output ${op}`);
+    if (offset === 0 || offset > op - outStart) corrupt(`bad match offset ${offset} at output ${op - outStart}`);
     let matchLen = (token & 15) + 4;
     if (matchLen === 19) {
       let b: number;
       do {
-        if (ip >= srcLen) corrupt('truncated match length');
-        b = src[ip++];
+        if (ip >= srcEnd) corrupt('truncated match length');
+        b = src[ip++]!;
         matchLen += b;
       } while (b === 255);
     }
-    if (op + matchLen > outLen) {
+    if (op + matchLen > outEnd) {
       if (!partial) corrupt('match past end of output');
-      matchLen = outLen - op;
+      matchLen = outEnd - op;
     }
     const from = op - offset;
     if (matchLen < SHORT_COPY) {
       let i = 0;
       // With offset >= 4 every 4-byte read covers bytes already written.
       if (offset >= 4) for (; i + 4 <= matchLen; i += 4) odv.setUint32(op + i, odv.getUint32(from + i, true), true);
-      for (; i < matchLen; i++) out[op + i] = out[from + i];
+      for (; i < matchLen; i++) out[op + i] = out[from + i]!;
       op += matchLen;
     } else if (offset === 1) {
-      out.fill(out[from], op, op + matchLen);
+      out.fill(out[from]!, op, op + matchLen);
       op += matchLen;
     } else if (offset >= matchLen) {
       out.copyWithin(op, from, from + matchLen);
@@ -106,6 +150,6 @@ export function lz4DecompressInto(src: Buffer, out: Buffer, partial: boolean): B
         op += n;
       }
     }
-    if (op === outLen) return out;
+    if (op === outEnd) return;
   }
 }
