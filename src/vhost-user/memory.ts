@@ -212,11 +212,18 @@ export class GuestMemory {
    * if any byte is outside guest memory. len 0 gives [].
    */
   gpaSlices(gpa: bigint | number, len: number): Buffer[] {
-    if (len === 0) return [];
+    const out: Buffer[] = [];
+    this.pushGpaSlices(gpa, len, out);
+    return out;
+  }
+
+  /** gpaSlices() appending to `out` (no intermediate array); returns how many views it added. */
+  pushGpaSlices(gpa: bigint | number, len: number, out: Buffer[]): number {
+    if (len === 0) return 0;
     if (len < 0 || !Number.isInteger(len)) throw new MemoryError(`bad length ${len}`);
     const start = typeof gpa === 'bigint' ? (gpa > MAX_SAFE ? -1 : Number(gpa)) : gpa;
-    if (start < 0 || start + len > Number.MAX_SAFE_INTEGER) throw new MemoryError(`guest address 0x${gpa.toString(16)} out of range`);
-    const out: Buffer[] = [];
+    if (!(start >= 0) || start + len > Number.MAX_SAFE_INTEGER) throw new MemoryError(`guest address 0x${gpa.toString(16)} out of range`);
+    const first = out.length;
     let at = start;
     let left = len;
     while (left > 0) {
@@ -228,7 +235,7 @@ export class GuestMemory {
       at += n;
       left -= n;
     }
-    return out;
+    return out.length - first;
   }
 
   /** One contiguous view of front-end virtual [uva, uva+len) (ring locations). */

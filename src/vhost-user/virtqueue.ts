@@ -24,6 +24,10 @@ const POP_BUDGET = 8;
  * the memory a guest can make us commit to replies at once.
  */
 export const MAX_INFLIGHT = 128;
+/** High 32 bits of the largest safe-integer address (2^53 - 1). */
+const MAX_SAFE_HI = 0x1f_ffff;
+/** Completions carrying at least this many bytes notify the driver at once (see complete()). */
+const NOTIFY_NOW_BYTES = 64 * 1024;
 
 export class ChainError extends Error {
   constructor(message: string) {
@@ -361,7 +365,10 @@ export class VirtQueue {
     for (;;) {
       if (++count > tableLen) throw new ChainError(`descriptor loop or chain longer than ${tableLen}`);
       const off = 16 * i;
-      const addr = table.readBigUInt64LE(off);
+      // The address as a Number (no BigInt per descriptor); past 2^53 it can only be outside
+      // guest memory, and -1 makes the translation refuse it.
+      const hi = table.readUInt32LE(off + 4);
+      const addr = hi > MAX_SAFE_HI ? -1 : hi * 0x1_0000_0000 + table.readUInt32LE(off);
       const len = table.readUInt32LE(off + 8);
       const flags = table.readUInt16LE(off + 12);
       const next = table.readUInt16LE(off + 14);
@@ -380,12 +387,12 @@ export class VirtQueue {
       if (flags & VIRTQ_DESC_F_WRITE) {
         wlen += len;
         if (wlen > MAX_CHAIN_BYTES) throw new ChainError(`writable part over ${MAX_CHAIN_BYTES} bytes`);
-        if (len) for (const s of mem.gpaSlices(addr, len)) writable.push(s);
+        if (len) mem.pushGpaSlices(addr, len, writable);
       } else {
         if (wlen > 0 || writable.length) throw new ChainError('device-readable descriptor after a writable one');
         rlen += len;
         if (rlen > MAX_CHAIN_BYTES) throw new ChainError(`readable part over ${MAX_CHAIN_BYTES} bytes`);
-        if (len) for (const s of mem.gpaSlices(addr, len)) readable.push(s);
+        if (len) mem.pushGpaSlices(addr, len, readable);
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
       if (next >= tableLen) throw new ChainError(`next index ${next} >= ${tableLen}`);
@@ -408,7 +415,11 @@ export class VirtQueue {
     chain.memory.release();
     if (chain.generation !== this.generation || !this.started) return;
     this.inflight--;
-    this.publishUsed(chain.head, Math.min(Math.max(0, written), chain.writableLength));
+    const len = Math.min(Math.max(0, written), chain.writableLength);
+    this.publishUsed(chain.head, len);
+    // A big completion is signalled at once, not at the end of the batch: the driver can consume
+    // it while we work on the next chain (the copy of a large reply dwarfs one eventfd write).
+    if (len >= NOTIFY_NOW_BYTES) this.flushNotify();
     if (this.inflight === MAX_INFLIGHT - 1) this.scheduleProcess();
     if (this.inflight === 0 && this.drainWaiters.length) {
       const w = this.drainWaiters;
@@ -428,7 +439,9 @@ export class VirtQueue {
     Atomics.store(v.usedIdx, 1, this.usedIdx);
     if (!this.notifyPending) {
       this.notifyPending = true;
-      queueMicrotask(() => this.flushNotify());
+      queueMicrotask(() => {
+        if (this.notifyPending) this.flushNotify();
+      });
     }
   }
 
