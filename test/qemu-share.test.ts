@@ -4,34 +4,36 @@
 // equal the host kernel's view of their image. Host memory holding file data must grow by about
 // the unique content of a+b with --share=on, and by about the sum with --share=off.
 //
-// Measurement (test/support/qemu-share.ts has the details): after `drop_caches`, the asserted
-// figure is the page-cache residency of the (private copies of the) image files, by mincore
-// (util-linux fincore), plus the allocated size of the daemon's memfd blobs (/proc/PID/fd,
-// st_blocks) — memory that holds file data for this daemon and nothing else, sampled after each
-// QEMU has exited (guest RAM, itself a memfd holding the guest's page cache, is gone by then).
-// The system-wide /proc/meminfo deltas (Cached, Shmem, file LRU) are printed beside it; on a
-// shared host other work moves them by as much as the whole signal, so they are not asserted.
+// Which measure (test/support/qemu-share.ts has the details): after `drop_caches`, the ASSERTED
+// figure is the page-cache residency of private copies of the two image files, by mincore
+// (util-linux fincore), plus the allocated size of the daemon's memfds (blobs, tail pages;
+// /proc/PID/fd, st_blocks), sampled after each QEMU has exited. That is exactly the host memory
+// holding file data for this daemon and nothing else: other work on the host cannot enter it
+// (the images are private copies), and it is deterministic (same figures run after run, to the
+// 32 KiB read granule). The system-wide /proc/meminfo deltas (Cached, Shmem, file LRU) the issue
+// names are printed beside it, but not asserted: on this shared 2-core host other jobs move
+// Cached by ~100 MiB between samples (20x the whole signal). Not counted by either: the
+// daemon's heap (its metadata and decompressed-pcluster caches, bounded by the reader's cache
+// size; printed as "daemon anon").
 //
-// STATUS of the issue's memory criterion: NOT MET by the current daemon, so it is printed
-// ("issue-5 criterion: …") and not asserted. Measured here (MiB, share=on vs off; unique floor
-// 6.32, page-rounded 10.97, sum 10.02):
-//  - digest-plain: 20.4 vs 10.4. Most files have inline tails, so they are not one page-aligned
-//    extent and get memfd blobs (10.0 ≈ page-rounded unique) ON TOP of the image page cache, which
-//    holds both images whole anyway: at daemon start the reader's mmap faults in the whole image
-//    (read-around follows the device's read_ahead_kb, 8 MiB on this host's vda; with
-//    EROFS_VFSD_NO_MMAP=1 start-up reads 60 KiB), and the guests' metadata reads (inodes with
-//    inline data interleaved) pull in the rest. What drop_caches cannot free afterwards: 16.6 vs
-//    10.4 (pages the mmap reader faulted stay mapped); with EROFS_VFSD_NO_MMAP=1, 10.0 vs 0.
-//  - digest-lz4 (share=on only in this test, to keep it near 3 min): 15.8 vs 5.0 (compressed image page cache; the daemon
-//    heap's decompression cache grows by ~25 MiB in both runs and is not counted).
-// What is asserted: correct data, one backing per distinct file holding the unique bytes, blob
-// memory bounded by the page-rounded unique content, guest 2 adding only b's new content.
+// Without a DAX window the daemon serves plain READs of files stored uncompressed in place from
+// the first holder's image (guest 2's shared files come from image a's page cache; image b's copy
+// is never touched) and the reader maps images MADV_RANDOM (no 8 MiB read-around that pulled
+// whole images in). Nothing is materialised for a guest without a window: compressed files are
+// decompressed from the first holder's image (blobs are for DAX mappings).
+//
+// Measured here (MiB, 2026-11-27; unique content of a+b 6.32, sum 10.02):
+//  - digest-plain: share=on 7.14 (1.13x unique; 1.03x the in-place floor of 6.92 = the images'
+//    metadata pages 0.85 + page-aligned unique data 6.07), share=off 10.42 (1.04x sum), on/off 0.69.
+//    Before this change: 20.4 vs 10.4 (inline-tail files copied into memfds on top of whole images).
+//  - digest-lz4 (share=on only, to keep the test near 2 min): 3.38 (0.53x unique: a's compressed
+//    pages + b's metadata and new compressed pages; no blobs). Before: 15.8, then 10.3 with blobs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { SHARED_IMAGES } from './support/paths.js';
 import { diffManifests, loadManifest } from './support/manifest.js';
-import { formatReport, measureQemuSharing, type QemuShareReport } from './support/qemu-share.js';
+import { formatReport, inPlaceFloor, measureQemuSharing, type QemuShareReport } from './support/qemu-share.js';
 
 function checkGuests(r: QemuShareReport): void {
   for (const g of r.guests) {
@@ -52,16 +54,21 @@ function domain(r: QemuShareReport): DomainStats {
   return d;
 }
 
-test('two QEMU guests, two image versions, one daemon: correct data; one host copy per distinct file; file-data memory figures (plain: share on vs off; lz4: on)', async () => {
+const mib = (n: number): string => (n / 1048576).toFixed(2);
+
+test('two QEMU guests, two image versions, one daemon: correct data; host file-data memory grows by about the unique content (plain: share on vs off; lz4: on)', async () => {
   const on = await measureQemuSharing({ pair: 'digest-plain', share: true });
   for (const l of formatReport(on)) console.log(`# ${l}`);
   checkGuests(on);
   const off = await measureQemuSharing({ pair: 'digest-plain', share: false });
   for (const l of formatReport(off)) console.log(`# ${l}`);
   checkGuests(off);
-  console.log(`# share=on / share=off file-data growth: ${(on.growthAfterBoth / off.growthAfterBoth).toFixed(2)}`);
-
   const c = on.content;
+  const floor = inPlaceFloor('digest-plain');
+  console.log(`# digest-plain: share=on ${mib(on.growthAfterBoth)} MiB, share=off ${mib(off.growthAfterBoth)} MiB, unique ${mib(c.uniqueBytes)} MiB, ` +
+    `sum ${mib(c.sumBytes)} MiB, in-place floor ${mib(floor.bytes)} MiB (metadata ${mib(floor.metadataBytes)} + unique page-aligned data ${mib(floor.uniqueDataBytes)}); ` +
+    `on/unique ${(on.growthAfterBoth / c.uniqueBytes).toFixed(2)}, on/floor ${(on.growthAfterBoth / floor.bytes).toFixed(2)}, on/off ${(on.growthAfterBoth / off.growthAfterBoth).toFixed(2)}`);
+
   // One backing per distinct non-empty (digest, size) of a+b, holding exactly the unique bytes:
   // guest 2 found every file it has in common with version a already there.
   const d = domain(on);
@@ -69,26 +76,55 @@ test('two QEMU guests, two image versions, one daemon: correct data; one host co
   assert.equal(d.backingBytes, c.uniqueBytes, 'backings hold the unique content once');
   assert.ok(d.hits >= c.nonEmptyInodes - c.distinctNonEmpty, `hits ${d.hits}: files of b equal to files of a joined their backing`);
   assert.equal(d.perFileReads, 0, 'no read took the per-file path with sharing on');
-  // Blob memory (memfd, page-granular) is bounded by the page-rounded unique content, and the
-  // second guest adds only what version b does not share with a.
-  assert.ok(on.blobsAfterBoth <= c.uniquePages * 1.02, `blobs ${on.blobsAfterBoth} > page-rounded unique ${c.uniquePages}`);
-  const newInB = c.uniquePages - on.contentA.uniquePages;
-  assert.ok(on.blobsAfterBoth - on.blobsAfterA <= newInB * 1.1 + 65536, `guest 2 added ${on.blobsAfterBoth - on.blobsAfterA} bytes of blobs; b's new content is ${newInB}`);
-  assert.ok(on.blobsAfterA > 0.5 * on.contentA.uniqueBytes, 'the probe sees the first guest\'s reads in the daemon\'s blobs');
-  // --share=off: no backings, every read on the per-file path, no blobs.
+  assert.ok(d.sharedReads >= c.nonEmptyFiles, `shared reads ${d.sharedReads}`);
+  // Every file of the plain images is stored uncompressed: READs come from the images in place,
+  // no memfd copy is made without a DAX window.
+  assert.equal(on.blobsAfterBoth, 0, 'no memfd copies of uncompressed files without DAX');
+
+  // THE ISSUE'S CRITERION. Host file-data growth after both guests is close to the unique
+  // content, and clearly below what --share=off (both images, i.e. the sum) holds.
+  // Tolerance 1.25x unique: serving from EROFS images must also hold the pages guests' stat and
+  // readdir touch — inodes, directories, the digest xattrs and the inline data of both images
+  // (0.85 MiB here, 13% of the unique content) — and the reader reads in 32 KiB granules. The
+  // tight bound is against the floor computed from the images' layout (inPlaceFloor): within 5%.
+  assert.ok(on.growthAfterBoth <= 1.25 * c.uniqueBytes,
+    `share=on host file data grew ${mib(on.growthAfterBoth)} MiB > 1.25 x unique ${mib(c.uniqueBytes)} MiB`);
+  assert.ok(on.growthAfterBoth <= 1.05 * floor.bytes,
+    `share=on host file data grew ${mib(on.growthAfterBoth)} MiB > 1.05 x the in-place floor ${mib(floor.bytes)} MiB`);
+  assert.ok(on.growthAfterBoth < 0.8 * off.growthAfterBoth,
+    `share=on ${mib(on.growthAfterBoth)} MiB is not clearly below share=off ${mib(off.growthAfterBoth)} MiB`);
+  // Guest 2 adds what b does not share with a, plus b's metadata — not b's shared data.
+  assert.ok(on.growthAfterBoth - on.growthAfterA <= (c.uniqueBytes - on.contentA.uniqueBytes) + floor.metadataBytes + (256 << 10),
+    `guest 2 added ${mib(on.growthAfterBoth - on.growthAfterA)} MiB`);
+  // --share=off: no backings, every read on the per-file path, no blobs; both images are read.
   const doff = domain(off);
   assert.equal(doff.backings, 0);
   assert.ok(doff.perFileReads >= c.nonEmptyFiles, `share=off per-file reads ${doff.perFileReads}`);
   assert.equal(off.blobsAfterBoth, 0);
-  // The LZ4 pair with sharing on: every shared file is a blob filled by decompression.
+  assert.ok(off.growthAfterBoth >= 0.95 * c.sumBytes, `share=off grew ${mib(off.growthAfterBoth)} MiB, less than the sum ${mib(c.sumBytes)} MiB`);
+
+  // The LZ4 pair with sharing on. Without a window nothing is materialised: compressed files
+  // are decompressed from their first holder's image (guest 2's shared files from image a's
+  // compressed pages, through the reader's bounded pcluster cache), uncompressed ones read in
+  // place. A blob per compressed file would be a third copy (compressed pages, the reader's
+  // cache, the memfd) next to the guest's own: measured before this change, 10.3 MiB.
   const lz4 = await measureQemuSharing({ pair: 'digest-lz4', share: true });
   for (const l of formatReport(lz4)) console.log(`# ${l}`);
   checkGuests(lz4);
   const dl = domain(lz4);
-  assert.equal(dl.backings, lz4.content.distinctNonEmpty, 'lz4: one shared backing per distinct file');
-  assert.equal(dl.backingBytes, lz4.content.uniqueBytes, 'lz4: backings hold the unique content once');
-  assert.ok(lz4.blobsAfterBoth <= lz4.content.uniquePages * 1.02, `lz4: blobs ${lz4.blobsAfterBoth} > page-rounded unique ${lz4.content.uniquePages}`);
-  assert.ok(lz4.blobsAfterBoth - lz4.blobsAfterA <= (lz4.content.uniquePages - lz4.contentA.uniquePages) * 1.1 + 65536, 'lz4: guest 2 added only b\'s new content');
-  // The issue's figure of merit (total host file data ≈ unique content) is reported, not asserted:
-  // see the report lines and the note at the top of this file.
+  const lc = lz4.content;
+  const lfloor = inPlaceFloor('digest-lz4');
+  console.log(`# digest-lz4: share=on ${mib(lz4.growthAfterBoth)} MiB, unique ${mib(lc.uniqueBytes)} MiB, ` +
+    `both images' metadata and compressed pages + unique uncompressed data ${mib(lfloor.bytes)} MiB; on/unique ${(lz4.growthAfterBoth / lc.uniqueBytes).toFixed(2)}`);
+  assert.equal(dl.backings, lc.distinctNonEmpty, 'lz4: one shared backing per distinct file');
+  assert.equal(dl.backingBytes, lc.uniqueBytes, 'lz4: backings hold the unique content once');
+  assert.equal(dl.perFileReads, 0, 'lz4: no read took the per-file path with sharing on');
+  assert.equal(lz4.blobsAfterBoth, 0, 'lz4: no memfd copies without DAX');
+  // The criterion again: compressed, the host holds less than the unique content; and guest 2
+  // does not pull in b's compressed copy of what it shares with a (b's pages are at most what
+  // b alone needs beyond a: its metadata, its compressed new content).
+  assert.ok(lz4.growthAfterBoth <= 1.25 * lc.uniqueBytes,
+    `lz4 share=on host file data grew ${mib(lz4.growthAfterBoth)} MiB > 1.25 x unique ${mib(lc.uniqueBytes)} MiB`);
+  assert.ok(lz4.growthAfterBoth <= 1.05 * lfloor.bytes,
+    `lz4 share=on host file data grew ${mib(lz4.growthAfterBoth)} MiB > 1.05 x both images' metadata/compressed pages + unique plain data ${mib(lfloor.bytes)} MiB`);
 });

@@ -275,7 +275,9 @@ export class ShareGuest {
       } catch {
         backing = undefined; // an unreadable claim (corrupt xattr): the file simply does not share
       }
-      if (backing) return this.registry.readShared(image, backing, offset, size);
+      // A guest without a DAX window keeps its own page-cache copy of what it reads: do not
+      // materialise blobs for it (its host copy is the first holder's image pages).
+      if (backing) return this.registry.readShared(image, backing, offset, size, this.window !== null);
     }
     // O_DIRECT, or nothing to share: the file's own image, no shared cache.
     this.registry.notePerFileRead(image);

@@ -10,7 +10,9 @@
 //    daemon processes), filled lazily per granule from a holder's image, single-flight. When
 //    the holder stores the file uncompressed (small files wholly inline in the metadata), plain
 //    READs are served from the holder's image and only DAX mappings fill the blob: without a
-//    window a copy would only add to the image's page cache (issue 5, QEMU guests).
+//    window a copy would only add to the image's page cache (issue 5, QEMU guests). Guests
+//    without a window do not fill blobs of compressed files either (read(fill=false)): they
+//    keep their own page-cache copy, so the host's copy is the holder's compressed pages.
 //
 // The EOF-tail rule: a mapping never exposes bytes past EOF that belong to anything else. Blobs
 // are zero past EOF by construction (ftruncate); an image range whose last page carries other
@@ -76,8 +78,12 @@ export abstract class Backing {
   abstract readonly kind: 'image-range' | 'blob';
   /** The image whose content fills (or lies under) this backing. */
   abstract readonly sourceImageId: number;
-  /** Bytes [offset, min(offset+length, size)). */
-  abstract read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Bytes [offset, min(offset+length, size)). `fill: false` (a reader without a DAX window, which
+   * keeps its own page-cache copy): a blob serves what it holds and reads the rest from its
+   * holder's image without materialising it.
+   */
+  abstract read(offset: number, length: number, fill?: boolean): Promise<Buffer>;
   /** Pieces covering the page-aligned [offset, offset+length), clipped to the rounded-up size. */
   abstract mapPieces(offset: number, length: number): Promise<MapPiece[]>;
   /** Host memory this backing itself holds (blob pages filled; image ranges live in the page cache). */
@@ -186,7 +192,7 @@ export class ImageRangeBacking extends Backing {
     return true;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, _fill?: boolean): Promise<Buffer> {
     const n = this.clip(offset, length);
     // The holder's reader copies from its mapping of the image: the same page cache, and it
     // touches only the pages asked for.
@@ -247,7 +253,8 @@ export class ImageRangeBacking extends Backing {
 /** A materialised copy of decompressed content: memfd by default, or a file in a blob directory. */
 export class BlobBacking extends Backing {
   readonly kind = 'blob' as const;
-  private readonly fd: number;
+  /** The blob's file once created (see `fd`), else -1. */
+  private file = -1;
   private readonly filled: Uint8Array;
   private filledCount = 0;
   private readonly inflight = new Map<number, Promise<void>>();
@@ -258,27 +265,49 @@ export class BlobBacking extends Backing {
   constructor(
     key: string, domain: string, digestHex: string, size: number,
     private source: ContentSource,
-    blobDir?: string,
+    private readonly blobDir?: string,
   ) {
     super(key, domain, digestHex, size);
     this.granules = Math.ceil(size / BLOB_GRANULE);
     this.filled = new Uint8Array(this.granules);
     if (blobDir) {
-      const finalPath = BlobBacking.pathIn(blobDir, domain, digestHex);
-      const existing = BlobBacking.openComplete(finalPath, size);
+      const existing = BlobBacking.openComplete(BlobBacking.pathIn(blobDir, domain, digestHex), size);
       if (existing >= 0) {
-        this.fd = existing;
+        this.file = existing;
         this.filled.fill(1);
         this.filledCount = this.granules;
-        return;
       }
-      fs.mkdirSync(blobDir, { recursive: true });
-      this.tempPath = `${finalPath}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
-      this.fd = fs.openSync(this.tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
-    } else {
-      this.fd = native.memfdCreate(`erofs-vfsd-blob-${digestHex.slice(0, 16)}`, native.constants.MFD_CLOEXEC);
     }
-    native.ftruncate(this.fd, roundUpPage(size));
+  }
+
+  /**
+   * The blob's file, created on first use: a blob that only ever serves plain READs from its
+   * holder's image (or is never read) costs no descriptor and no memfd.
+   */
+  private get fd(): number {
+    if (this.file >= 0) return this.file;
+    if (this.closed) throw new Error('shared blob was evicted');
+    let fd: number;
+    if (this.blobDir) {
+      fs.mkdirSync(this.blobDir, { recursive: true });
+      const tempPath = `${BlobBacking.pathIn(this.blobDir, this.domain, this.digestHex)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+      fd = fs.openSync(tempPath, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      this.tempPath = tempPath;
+    } else {
+      fd = native.memfdCreate(`erofs-vfsd-blob-${this.digestHex.slice(0, 16)}`, native.constants.MFD_CLOEXEC);
+    }
+    try {
+      native.ftruncate(fd, roundUpPage(this.size));
+    } catch (err) {
+      fs.closeSync(fd);
+      if (this.tempPath) {
+        try { fs.unlinkSync(this.tempPath); } catch { /* gone already */ }
+        this.tempPath = undefined;
+      }
+      throw err;
+    }
+    this.file = fd;
+    return fd;
   }
 
   /** Blob files are named by domain and digest, so separate daemon processes find each other's. */
@@ -364,12 +393,21 @@ export class BlobBacking extends Backing {
     return true;
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  async read(offset: number, length: number, fill = true): Promise<Buffer> {
     const n = this.clip(offset, length);
     if (n === 0) return Buffer.alloc(0);
-    // Stored uncompressed by its holder: read the image (its page cache is a copy already) and
-    // leave the blob to DAX mappings, unless that part of it is filled anyway.
-    if (this.source.readPlain && !this.filledRange(offset, offset + n)) return this.source.readPlain(offset, n);
+    if (!this.filledRange(offset, offset + n)) {
+      // Stored uncompressed by its holder: read the image (its page cache is a copy already) and
+      // leave the blob to DAX mappings.
+      if (this.source.readPlain) return this.source.readPlain(offset, n);
+      // Compressed, for a reader with no window: decompress from the holder's image (the
+      // reader's bounded pcluster cache) rather than pin a third copy in a memfd.
+      if (!fill) {
+        const data = await this.source.read(offset, n);
+        if (data.length !== n) throw new Error(`short read from a shared file's holder (${data.length} of ${n})`);
+        return data;
+      }
+    }
     await this.ensure(offset, offset + n);
     const buf = Buffer.allocUnsafe(n);
     let done = 0;
@@ -398,7 +436,8 @@ export class BlobBacking extends Backing {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    fs.closeSync(this.fd);
+    if (this.file >= 0) fs.closeSync(this.file);
+    this.file = -1;
     if (this.tempPath) {
       try { fs.unlinkSync(this.tempPath); } catch { /* gone already */ }
     }

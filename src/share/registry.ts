@@ -272,15 +272,15 @@ export class ShareRegistry {
     this.domainStats(image.domain).perFileReads++;
   }
 
-  /** Reads through a file's shared backing. */
-  async readShared(image: ImageRegistration, backing: Backing, offset: number, length: number): Promise<Buffer> {
+  /** Reads through a file's shared backing (`fill: false`: see Backing.read). */
+  async readShared(image: ImageRegistration, backing: Backing, offset: number, length: number, fill = true): Promise<Buffer> {
     this.domainStats(image.domain).sharedReads++;
     backing.lastUse = ++this.useClock;
     // Pinned while in flight: the budget must not evict a blob under a read that is filling it.
     backing.handles++;
     let data: Buffer;
     try {
-      data = await backing.read(offset, length);
+      data = await backing.read(offset, length, fill);
     } finally {
       backing.handles--;
     }

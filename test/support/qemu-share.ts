@@ -8,8 +8,9 @@
 // -----------------------------------------------------------
 // With QEMU 7.2 there is no DAX window: the guest copies file data into its own page cache
 // (guest RAM). On the host the data lives in (1) the page cache of the image files (the daemon
-// maps them and reads them; a plain, page-aligned file's shared backing IS its first holder's
-// image range) and (2) the daemon's materialised blobs (memfd, i.e. shmem).
+// maps them and reads them; a file stored uncompressed is read in place from its first holder's
+// image) and (2) the daemon's materialised blobs (memfd, i.e. shmem: compressed files, and
+// zero-padded tail pages for DAX).
 //
 //  - Attributed figure (asserted): (1) is the residency of the image files themselves, counted
 //    with mincore() by util-linux `fincore` (it maps the file and asks which pages are resident);
@@ -24,13 +25,19 @@
 //    guest RAM, which this figure would show). QEMU's binary, firmware and the guest kernel are
 //    read once before the baseline. What remains is noise from everything else on the host, which
 //    on a busy shared machine is of the same order as the ~10 MB measured, so these deltas are
-//    reported next to the attributed ones but not asserted.
+//    reported next to the attributed ones but not asserted (seen: Cached +139 MiB for a 7 MiB
+//    attributed growth). pagemap does not fit here: without a window the guests map nothing of
+//    ours, and the daemon's own mappings show only the pages it faulted in itself, while fincore
+//    sees every resident page of the image files however it got there. Not counted by either figure: the daemon's heap ("daemon anon" in the report:
+//    inode/metadata caches and decompressed pclusters, bounded by the reader's cache size).
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { SHARED_IMAGES } from './paths.js';
 import { loadManifest, type Manifest } from './manifest.js';
-import { QEMU_CACHE, GUEST_DIR, bootGuest, ensureGuest, startErofsVfsd, type Backend, type GuestRun } from './qemu.js';
+import { openImage } from '../../src/erofs/index.js';
+import { QEMU_CACHE, GUEST_DIR, bootGuest, ensureGuest, startErofsVfsd, startVirtiofsd, type Backend, type GuestRun } from './qemu.js';
+import { unpackImage } from './test-vmm/backends.js';
 
 const PAGE = 4096;
 const roundPage = (n: number): number => Math.ceil(n / PAGE) * PAGE;
@@ -82,6 +89,57 @@ export function contentFigures(manifests: Manifest[]): ContentFigures {
   }
   const distinctNonEmpty = [...distinct.values()].filter((v) => v > 0).length;
   return { files, sumBytes, sumPages, uniqueBytes, uniquePages, distinct: distinct.size, distinctNonEmpty, nonEmptyFiles, nonEmptyInodes: Math.round(inodes) };
+}
+
+/**
+ * What serving both versions in place from their images must hold at least: every page of each
+ * image that is not wholly the page-aligned data of a regular file (superblock, inodes,
+ * directories, xattrs — the digest xattrs included — and inline data: a guest's stat or read
+ * touches them), plus the page-aligned data of each distinct (digest, size) once. Compressed
+ * files count their compressed pages (all holders' pages: only the first holder's are read,
+ * so this overstates the floor for them slightly). 
+ */
+export function inPlaceFloor(pair: string): { metadataBytes: number; uniqueDataBytes: number; bytes: number } {
+  let metadataBytes = 0;
+  let uniqueDataBytes = 0;
+  const seen = new Set<string>();
+  for (const v of ['a', 'b']) {
+    const r = openImage(path.join(SHARED_IMAGES, `${pair}-${v}.erofs`));
+    try {
+      const dataPages = new Set<number>();
+      const walk = (dir: number): void => {
+        for (let off = 0; ;) {
+          const ents = r.readdir(dir, off, 512);
+          if (ents.length === 0) break;
+          for (const e of ents) {
+            off = e.nextOffset;
+            const name = e.name.toString('latin1');
+            if (name === '.' || name === '..') continue;
+            const a = r.getAttr(e.nid);
+            if (a.type === 'dir') walk(e.nid);
+            if (a.type !== 'file' || a.size === 0) continue;
+            const key = `${r.fingerprint(e.nid)?.toString('hex') ?? `${v}:${e.nid}`}:${a.size}`;
+            const ex = r.plainExtents(e.nid) ?? [];
+            const pages: number[] = [];
+            for (const x of ex) {
+              if (x.device !== 0 || x.physical % PAGE !== 0) continue;
+              for (let p = x.physical / PAGE; (p + 1) * PAGE <= x.physical + x.length; p++) pages.push(p);
+            }
+            for (const p of pages) dataPages.add(p);
+            if (!seen.has(key)) {
+              seen.add(key);
+              uniqueDataBytes += pages.length * PAGE;
+            }
+          }
+        }
+      };
+      walk(r.rootNid);
+      metadataBytes += (Math.ceil(fs.statSync(path.join(SHARED_IMAGES, `${pair}-${v}.erofs`)).size / PAGE) - dataPages.size) * PAGE;
+    } finally {
+      r.close();
+    }
+  }
+  return { metadataBytes, uniqueDataBytes, bytes: metadataBytes + uniqueDataBytes };
 }
 
 // ---------------------------------------------------------------- memory probes
@@ -316,6 +374,61 @@ export async function measureQemuSharing(opts: { pair?: string; share?: boolean;
   };
 }
 
+/** Bytes of these files resident in the host page cache (fincore, in batches). */
+export function residentBytesOf(files: string[]): number {
+  let total = 0;
+  for (let i = 0; i < files.length; i += 200) {
+    const out = execFileSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES', ...files.slice(i, i + 200)], { encoding: 'utf8' });
+    for (const line of out.split('\n')) if (line.trim()) total += Number(line.trim());
+  }
+  return total;
+}
+
+export interface VirtiofsdReport {
+  pair: string;
+  content: ContentFigures;
+  /** host page cache of both unpacked trees' regular files: baseline, after guest 1, after both */
+  samples: { label: string; pageCache: number }[];
+  growthAfterBoth: number;
+  guests: GuestWalk[];
+}
+
+/**
+ * The same experiment with C virtiofsd (one process per VM, as virtiofsd serves one connection)
+ * on the two trees unpacked from the images (loop mount + cp -a, once). Host file data = page
+ * cache of the trees' regular files (fincore). Not counted: the host file system's own metadata
+ * (inodes, directories live in the block device's buffer cache, not attributable to files),
+ * whereas erofs-vfsd's figure includes the images' metadata pages.
+ */
+export async function measureQemuVirtiofsd(opts: { pair?: string } = {}): Promise<VirtiofsdReport> {
+  const pair = opts.pair ?? 'digest-plain';
+  fs.mkdirSync(QEMU_CACHE, { recursive: true });
+  ensureGuest();
+  const names = [`${pair}-a`, `${pair}-b`];
+  const manifests = names.map((n) => loadManifest(path.join(SHARED_IMAGES, `${n}.expected.json`)));
+  const trees = names.map((n) => unpackImage(path.join(SHARED_IMAGES, `${n}.erofs`), `qemu-share-${n}`));
+  const files = trees.flatMap((t, i) => Object.entries(manifests[i]!).filter(([, e]) => e.type === 'file').map(([p]) => path.join(t, p)));
+  const source = path.dirname(trees[0]!);
+  const socket = path.join(QEMU_CACHE, `qemu-share-${pair}-virtiofsd.sock`);
+  dropCaches();
+  prewarmQemu();
+  const samples = [{ label: 'baseline', pageCache: residentBytesOf(files) }];
+  const guests: GuestWalk[] = [];
+  for (const [i, tree] of trees.entries()) {
+    const be = await startVirtiofsd(source, socket);
+    try {
+      const run = await bootGuest(socket, {
+        label: `qemu-share-${pair}-virtiofsd-${i}`, tests: ['walk'], root: path.basename(tree), extraArgs: ['GT_WALK_ROOT=1', 'GT_XATTR_ALL=1'],
+      });
+      guests.push({ image: names[i]!, run, walk: run.byTest.get('walk')?.[0] as GuestWalk['walk'] });
+    } finally {
+      await be.stop();
+    }
+    samples.push({ label: `after guest ${i + 1} (${names[i]})`, pageCache: residentBytesOf(files) });
+  }
+  return { pair, content: contentFigures(manifests), samples, growthAfterBoth: samples[2]!.pageCache - samples[0]!.pageCache, guests };
+}
+
 const mb = (n: number): string => `${(n / 1048576).toFixed(2)} MiB`;
 
 /** Human-readable lines for the test output and the benchmark. */
@@ -338,7 +451,7 @@ export function formatReport(r: QemuShareReport): string[] {
       `${(r.growthAfterBoth / c.sumBytes).toFixed(2)}× sum (meminfo Cached Δ ${mb(r.meminfoGrowth.cached)} = ${(r.meminfoGrowth.cached / c.uniqueBytes).toFixed(2)}× unique)`,
   );
   const verdict = issueCriterion(r);
-  if (r.share) lines.push(`  issue-5 criterion (growth ≤ 1.3× unique and < 0.8× sum): ${verdict.met ? 'met' : 'NOT met'} — ${verdict.why}`);
+  if (r.share) lines.push(`  issue-5 criterion (growth ≤ 1.25× unique and < 0.8× sum): ${verdict.met ? 'met' : 'NOT met'} — ${verdict.why}`);
   for (const g of r.guests) {
     lines.push(`  guest ${g.image}: walk ${g.walk?.ok ? 'ok' : 'FAILED'} ${String(g.walk?.entries)} entries, ${String(g.walk?.bytes)} bytes, ${String(g.walk?.ms)} ms; QEMU wall ${g.run.wallMs} ms`);
   }
@@ -347,10 +460,11 @@ export function formatReport(r: QemuShareReport): string[] {
 
 /**
  * The issue's figure of merit for a --share=on run: host file-data memory after both guests
- * within 1.3× the unique content and clearly (< 0.8×) below the sum of both versions.
+ * within 1.25× the unique content and clearly (< 0.8×) below the sum of both versions
+ * (test/qemu-share.test.ts says why 1.25 and asserts it).
  */
 export function issueCriterion(r: QemuShareReport): { met: boolean; why: string } {
   const u = r.growthAfterBoth / r.content.uniqueBytes;
   const s = r.growthAfterBoth / r.content.sumBytes;
-  return { met: u <= 1.3 && s < 0.8, why: `${u.toFixed(2)}× unique, ${s.toFixed(2)}× sum` };
+  return { met: u <= 1.25 && s < 0.8, why: `${u.toFixed(2)}× unique, ${s.toFixed(2)}× sum` };
 }
