@@ -223,7 +223,12 @@ test('mkfs.erofs 1.5 images: contents equal the source, across pcluster boundari
 // ------------------------------------------------------------------ raw image contexts
 
 /** Parses just enough of an (ordinary, non-metabox) image to build a CompressedFile for `nid`. */
-function rawCompressedFile(image: string | Buffer, nid: number, cache: PclusterCache): CompressedFile | undefined {
+function rawCompressedFile(
+  image: string | Buffer,
+  nid: number,
+  cache: PclusterCache,
+  extra: Partial<ZImageContext> = {},
+): CompressedFile | undefined {
   const img = typeof image === 'string' ? fs.readFileSync(image) : image;
   const sbOff = 1024;
   const blkszbits = img[sbOff + 12]!;
@@ -256,6 +261,7 @@ function rawCompressedFile(image: string | Buffer, nid: number, cache: PclusterC
       throw new ErofsError('EIO', 'no packed inode in this test');
     },
     cache,
+    ...extra,
   };
   const ctx: CompressedFileContext = {
     image: ictx,
@@ -727,4 +733,114 @@ test('48-bit 4-byte extent records: running physical address over more than one 
   }
   assert.ok(new CompressedFile(ctx).read(0, size).equals(content));
   assert.deepEqual([f.mapExtent(600 * BS).kind, f.mapExtent(599 * BS).kind], ['compressed', 'plain']);
+});
+
+// ------------------------------------------------------------------ sequential reads over many extents
+
+/** Like the benchmark's 256 MiB file, smaller: 4 KiB random blocks between 4 KiB text blocks. */
+function alternatingData(size: number, seed: number): Buffer {
+  const rand = rng(seed);
+  const out = Buffer.alloc(size);
+  for (let off = 0; off < size; off += 4096) {
+    const n = Math.min(4096, size - off);
+    if ((off >> 12) % 2 === 0) {
+      for (let j = 0; j < n; j++) out[off + j] = Math.floor(rand() * 256);
+    } else {
+      out.write(`line ${off} of the test file, repeated text compresses well\n`.repeat(80), off, n, 'latin1');
+    }
+  }
+  return out;
+}
+
+test('sequential reads across many extents: mapped-window decoding and the next-head shortcut equal the source', () => {
+  const dir = path.join(SCRATCH_DIR, 'zmap-seq');
+  const src = path.join(dir, 'src');
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(src, { recursive: true });
+  const files: SourceFile[] = [
+    { name: 'alt.bin', data: alternatingData(5 * 1024 * 1024 + 777, 17) },
+    ...sourceFiles().filter((f) => f.name === 'mixed.bin' || f.name === 'zeros.bin' || f.name === 'exact64k1'),
+  ];
+  for (const f of files) fs.writeFileSync(path.join(src, f.name), f.data);
+  const variants: [string, string[]][] = [
+    ['lz4', ['-zlz4']],
+    ['lz4hc-big', ['-zlz4hc,9', '-C65536']],
+    ['lz4-legacy-ztailpacking', ['-zlz4', '-Elegacy-compress', '-Eztailpacking']],
+    ['lz4hc-16k-ztailpacking', ['-zlz4hc', '-C16384', '-Eztailpacking']],
+  ];
+  const chunks = [1 << 20, 4096, 65_537, 333, 200_000, 8191];
+  for (const [name, options] of variants) {
+    const image = path.join(dir, `${name}.erofs`);
+    execFileSync('mkfs.erofs', ['--quiet', '-T0', ...options, image, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const imgBytes = fs.readFileSync(image);
+    const r = openImage(image);
+    try {
+      for (const f of files) {
+        const nid = r.lookup(r.rootNid, f.name);
+        assert.ok(nid !== undefined);
+        const size = f.data.length;
+        // Odd mapped windows (6000 bytes from a 12 KiB boundary): pclusters starting in a window's
+        // first 4 KiB decode from it, the others straddle its end and must fall back to readData.
+        let spans = 0;
+        let fallbacks = 0;
+        const windowed = rawCompressedFile(imgBytes, nid, new PclusterCache(1 << 20), {
+          dataSpan: (addr) => {
+            spans++;
+            const lo = addr - (addr % 12_288);
+            const hi = Math.min(imgBytes.length, lo + 6000);
+            return { buf: imgBytes.subarray(lo, hi), base: lo, lo, hi };
+          },
+          readData: (pos, len) => {
+            fallbacks++;
+            if (pos < 0 || pos + len > imgBytes.length) throw new ErofsError('EIO', 'out of range');
+            return imgBytes.subarray(pos, pos + len);
+          },
+        });
+        const plainPath = rawCompressedFile(imgBytes, nid, new PclusterCache(1 << 20));
+        assert.ok(windowed && plainPath, `${name}: ${f.name} is compressed`);
+        const readers: [string, (off: number, len: number, t: Buffer, at: number) => number][] = [
+          ['openImage', (o, l, t, at) => r.readInto!(nid, o, l, t, at)],
+          ['windowed', (o, l, t, at) => windowed.readInto(o, l, t, at)],
+          ['readData', (o, l, t, at) => plainPath.readInto(o, l, t, at)],
+        ];
+        const target = Buffer.alloc((1 << 20) + 16);
+        for (const [how, readInto] of readers) {
+          // Sequential, chunk sizes cycling so reads start and end mid-pcluster everywhere.
+          let off = 0;
+          for (let k = 0; off < size; k++) {
+            const want = chunks[k % chunks.length]!;
+            target.fill(0xa5);
+            const n = readInto(off, want, target, 7);
+            assert.equal(n, Math.min(want, size - off), `${name}/${how}: ${f.name} count at ${off}`);
+            assert.ok(target.subarray(7, 7 + n).equals(f.data.subarray(off, off + n)), `${name}/${how}: ${f.name} bytes at ${off}+${n}`);
+            assert.ok(target[6] === 0xa5 && target[7 + n] === 0xa5, `${name}/${how}: write outside the window at ${off}`);
+            off += n;
+          }
+          // Random jumps, each followed by a sequential continuation.
+          const rand = rng(size ^ 0x3c);
+          for (let j = 0; j < 25; j++) {
+            let o = Math.floor(rand() * size);
+            for (let step = 0; step < 3 && o < size; step++) {
+              const len = 1 + Math.floor(rand() * 150_000);
+              const n = readInto(o, len, target, 0);
+              assert.ok(target.subarray(0, n).equals(f.data.subarray(o, o + n)), `${name}/${how}: ${f.name} read(${o}, ${len})`);
+              o += n;
+            }
+          }
+        }
+        // The extent map is the same with or without the sequential history.
+        const fresh = rawCompressedFile(imgBytes, nid, new PclusterCache(1 << 20))!;
+        for (let off = 0; off < size; ) {
+          const a = fresh.mapExtent(off);
+          assert.deepEqual(windowed.mapExtent(off), a, `${name}: ${f.name} extent at ${off}`);
+          off = a.logical + a.length;
+        }
+        if (f.name === 'alt.bin') {
+          assert.ok(spans > 0 && fallbacks > 0, `${name}: windows ${spans}, fallbacks ${fallbacks}`);
+        }
+      }
+    } finally {
+      r.close();
+    }
+  }
 });
