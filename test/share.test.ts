@@ -133,6 +133,72 @@ test('image-range backings map the image file; a dirty last page comes from a ze
   reg.close();
 });
 
+test('inline tails: a page-aligned body plus a tail elsewhere maps the body in place and only the last page from a copy; small inline files and windowless reads make no copies', async () => {
+  const dir = scratch('inline');
+  const img = path.join(dir, 'image.bin');
+  const tailed = bytes(PAGE_SIZE * 2 + 300, 11);
+  const small = bytes(700, 12);
+  const packed = bytes(PAGE_SIZE + 5, 13);
+  const file = Buffer.alloc(PAGE_SIZE * 8, 0xee); // everything around is somebody else's data
+  tailed.copy(file, PAGE_SIZE, 0, PAGE_SIZE * 2);
+  tailed.copy(file, PAGE_SIZE * 5 + 123, PAGE_SIZE * 2);
+  small.copy(file, PAGE_SIZE * 6 + 40);
+  fs.writeFileSync(img, file);
+  const r = new MemoryReader([
+    { name: 'tailed', content: tailed, fingerprint: claim(tailed), extents: [
+      { device: 0, physical: PAGE_SIZE, logical: 0, length: PAGE_SIZE * 2 },
+      { device: 0, physical: PAGE_SIZE * 5 + 123, logical: PAGE_SIZE * 2, length: 300 },
+    ] },
+    { name: 'small', content: small, fingerprint: claim(small), extents: [{ device: 0, physical: PAGE_SIZE * 6 + 40, logical: 0, length: 700 }] },
+    { name: 'packed', content: packed, fingerprint: claim(packed) }, // compressed: no plain extents
+  ]);
+  const reg = new ShareRegistry(options());
+  const im = reg.registerImage({ name: 'i', paths: [img], reader: r, fingerprint: digestSource });
+  const bt = reg.backingFor(im, r.nidOf('tailed'))!;
+  assert.equal(bt.kind, 'image-range', 'aligned body + inline tail is an in-place range');
+  assert.deepEqual(await reg.readShared(im, bt, 0, 1 << 20), tailed);
+  assert.deepEqual(await reg.readShared(im, bt, PAGE_SIZE * 2 - 10, 100), tailed.subarray(PAGE_SIZE * 2 - 10, PAGE_SIZE * 2 + 90));
+  assert.equal(bt.residentBytes(), 0, 'READs make no tail copy');
+  const pt = await bt.mapPieces(0, 4 << 20);
+  assert.deepEqual(pt.map((p) => [p.fdOffset, p.length]), [[PAGE_SIZE, PAGE_SIZE * 2], [0, PAGE_SIZE]]);
+  const tail = Buffer.alloc(PAGE_SIZE);
+  fs.readSync(pt[1]!.fd, tail, 0, PAGE_SIZE, 0);
+  assert.deepEqual(tail.subarray(0, 300), tailed.subarray(PAGE_SIZE * 2));
+  assert.ok(tail.subarray(300).every((x) => x === 0), 'zeros past EOF in the tail page');
+  assert.equal(bt.residentBytes(), PAGE_SIZE, 'the tail page exists once a mapping needs it');
+  // Wholly inline: a blob that READs never fill (the holder's image serves them); DAX fills it.
+  const bs = reg.backingFor(im, r.nidOf('small'))!;
+  assert.equal(bs.kind, 'blob');
+  assert.deepEqual(await reg.readShared(im, bs, 0, 4096), small);
+  assert.equal(bs.residentBytes(), 0, 'no copy of an uncompressed file for READs');
+  const ps = await bs.mapPieces(0, PAGE_SIZE);
+  assert.equal(ps.length, 1);
+  assert.equal(bs.residentBytes(), small.length, 'DAX materialises it');
+  const page = Buffer.alloc(PAGE_SIZE);
+  fs.readSync(ps[0]!.fd, page, 0, PAGE_SIZE, 0);
+  assert.deepEqual(page.subarray(0, 700), small);
+  assert.ok(page.subarray(700).every((x) => x === 0));
+  // Compressed: a reader without a window (fill=false) gets the bytes, nothing is filled; a
+  // reader with one fills the blob.
+  const bp = reg.backingFor(im, r.nidOf('packed'))!;
+  assert.equal(bp.kind, 'blob');
+  assert.deepEqual(await reg.readShared(im, bp, 3, 50, false), packed.subarray(3, 53));
+  assert.equal(bp.residentBytes(), 0, 'windowless reads leave the blob empty');
+  assert.deepEqual(await reg.readShared(im, bp, 3, 50), packed.subarray(3, 53));
+  assert.equal(bp.residentBytes(), packed.length);
+  // A range not eligible in place (tail longer than a page after the aligned run) is a blob.
+  const r2 = new MemoryReader([{ name: 'gappy', content: tailed, fingerprint: claim(tailed), extents: [
+    { device: 0, physical: PAGE_SIZE, logical: 0, length: PAGE_SIZE },
+    { device: 0, physical: PAGE_SIZE * 5, logical: PAGE_SIZE, length: PAGE_SIZE + 300 },
+  ] }]);
+  const reg2 = new ShareRegistry(options());
+  const im2 = reg2.registerImage({ name: 'j', paths: [img], reader: r2, fingerprint: digestSource });
+  assert.equal(reg2.backingFor(im2, r2.nidOf('gappy'))!.kind, 'blob');
+  reg2.close();
+  assert.equal(reg.stats().i!.sharedReads, 5);
+  reg.close();
+});
+
 test('blobs fill lazily per granule, evict LRU beyond the budget, and drop on request', async () => {
   const big = bytes(BLOB_GRANULE * 3 + 17, 6);
   const other = bytes(BLOB_GRANULE, 7);

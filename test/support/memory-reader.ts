@@ -11,6 +11,8 @@ export interface MemoryFile {
   xattrs?: Xattr[];
   /** Where the content lies uncompressed in a device file (for image-range backings). */
   plain?: { device: number; physical: number };
+  /** Several uncompressed extents instead (e.g. a page-aligned body and an inline tail). */
+  extents?: PlainExtent[];
 }
 
 export class MemoryReader implements ErofsReader {
@@ -92,6 +94,7 @@ export class MemoryReader implements ErofsReader {
 
   plainExtents(nid: number): PlainExtent[] | undefined {
     const f = this.file(nid);
+    if (f.extents) return f.extents.map((e) => ({ ...e }));
     return f.plain ? [{ device: f.plain.device, physical: f.plain.physical, logical: 0, length: f.content.length }] : undefined;
   }
 
