@@ -12,6 +12,15 @@
 //    page-cache copy of what it read, which a real non-DAX guest keeps and the test VMM does
 //    not: modelled as N × bytes read (page-rounded).
 // The floor is the unique content: distinct sha256 across both versions, page-rounded.
+//
+// Two real QEMU 7.2 guests (TCG, no DAX window; test/support/qemu-share.ts): guest 1 walks
+// digest-plain-a, then guest 2 walks digest-plain-b (every file read), against one erofs-vfsd
+// with two sockets (sharing on / --share=off) or C virtiofsd on the two unpacked trees. Host
+// file data = page cache of the private image copies / of the unpacked trees' files (fincore)
+// plus the daemon's memfds, growth from a drop_caches baseline. Each guest's own page cache
+// holds what it read in all three configurations (no DAX): modelled as the page-rounded sizes
+// of the files of the version it walked. Floor: the unique content in bytes (without a window
+// nothing needs a page per file; the images pack small files into shared pages).
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -20,12 +29,14 @@ import {
 } from '../test/support/share-harness.js';
 import { connectTestVmm, startVirtiofsd, unpackImage, type TestVmm } from '../test/support/test-vmm/index.js';
 import type { Manifest } from '../test/support/manifest.js';
+import { inPlaceFloor, measureQemuSharing, measureQemuVirtiofsd } from '../test/support/qemu-share.js';
 
 export interface ShareMemRow {
+  /** 'plain' / 'lz4' (test-VMM guests, DAX), or 'plain/qemu' (QEMU 7.2 guests, no DAX) */
   pair: string;
-  config: 'erofs-vfsd share' | 'erofs-vfsd --share=off' | 'C virtiofsd';
+  config: 'erofs-vfsd share' | 'erofs-vfsd --share=off' | 'C virtiofsd' | 'unique floor';
   guests: number;
-  /** Measured growth of Cached, bytes. */
+  /** Measured host memory holding file data, bytes (DAX: frames behind the windows; QEMU: page cache + memfds). */
   hostBytes: number;
   /** Modelled guest page-cache copies (non-DAX only), bytes. */
   guestCacheBytes: number;
@@ -163,7 +174,31 @@ async function virtiofsdRun(pair: string, n: number): Promise<{ grown: number; r
   }
 }
 
-export async function benchShare(log: (s: string) => void = () => {}, o: { guests?: number[]; pairs?: string[] } = {}): Promise<{ rows: ShareMemRow[]; latency: MapLatency[]; markdown: string }> {
+/** The 2-QEMU-guest rows (no DAX): sharing, --share=off, C virtiofsd, and the unique floor. */
+export async function qemuShareRows(log: (s: string) => void = () => {}): Promise<{ rows: ShareMemRow[]; notes: string[] }> {
+  log('share: 2 QEMU guests (no DAX), erofs-vfsd sharing on');
+  const on = await measureQemuSharing({ pair: 'digest-plain', share: true, label: 'bench-qemu-share-on' });
+  log('share: 2 QEMU guests (no DAX), erofs-vfsd --share=off');
+  const off = await measureQemuSharing({ pair: 'digest-plain', share: false, label: 'bench-qemu-share-off' });
+  log('share: 2 QEMU guests (no DAX), C virtiofsd on the unpacked trees');
+  const v = await measureQemuVirtiofsd({ pair: 'digest-plain' });
+  const c = on.content;
+  const guestCache = c.sumPages; // guest 1 caches a, guest 2 caches b, page by page, in every config
+  const row = (config: ShareMemRow['config'], hostBytes: number): ShareMemRow =>
+    ({ pair: 'plain/qemu', config, guests: 2, hostBytes, guestCacheBytes: guestCache, uniqueBytes: c.uniqueBytes, sumBytes: c.sumBytes });
+  const walks = [...on.guests, ...off.guests, ...v.guests].map((g) => g.walk?.ok === true);
+  const floor = inPlaceFloor('digest-plain');
+  return {
+    rows: [row('erofs-vfsd share', on.growthAfterBoth), row('erofs-vfsd --share=off', off.growthAfterBoth), row('C virtiofsd', v.growthAfterBoth), row('unique floor', c.uniqueBytes)],
+    notes: [
+      `every guest walk ok: ${walks.every(Boolean)} (${walks.length} walks)`,
+      `in-place floor for serving from the images (their metadata pages ${(floor.metadataBytes / 1e6).toFixed(2)} MB + unique page-aligned data ${(floor.uniqueDataBytes / 1e6).toFixed(2)} MB): ${(floor.bytes / 1e6).toFixed(2)} MB`,
+      `C virtiofsd's figure leaves out the host file system's metadata (inodes, directories: block-device buffer cache), ours includes the images' metadata pages`,
+    ],
+  };
+}
+
+export async function benchShare(log: (s: string) => void = () => {}, o: { guests?: number[]; pairs?: string[]; qemu?: boolean } = {}): Promise<{ rows: ShareMemRow[]; latency: MapLatency[]; markdown: string }> {
   const rows: ShareMemRow[] = [];
   const latency: MapLatency[] = [];
   for (const pair of o.pairs ?? ['plain', 'lz4']) {
@@ -176,20 +211,37 @@ export async function benchShare(log: (s: string) => void = () => {}, o: { guest
       rows.push({ pair, config: 'C virtiofsd', guests: n, hostBytes: v.grown, guestCacheBytes: v.read, uniqueBytes: unique, sumBytes: sum });
     }
   }
+  const q = (o.qemu ?? true) ? await qemuShareRows(log) : undefined;
   const mb = (b: number) => (b / 1e6).toFixed(2);
   const markdown = [
     '| pair | config | guests | host file-data MB (frames / page cache) | + guest page caches (modelled) MB | total / unique |',
     '| --- | --- | --- | --- | --- | --- |',
     ...rows.map((r) => `| ${r.pair} (unique ${mb(r.uniqueBytes)} MB page-rounded; a+b ${mb(r.sumBytes)} MB of bytes) | ${r.config} | ${r.guests} | ${mb(r.hostBytes)} | ${mb(r.guestCacheBytes)} | ${((r.hostBytes + r.guestCacheBytes) / r.uniqueBytes).toFixed(2)} |`),
     '',
+    ...(q ? [
+      `Two QEMU 7.2 guests (no DAX), digest-plain a then b; unique content ${mb(q.rows[0]!.uniqueBytes)} MB of bytes, a+b ${mb(q.rows[0]!.sumBytes)} MB:`,
+      '',
+      '| config | host file-data MB | host / unique | + both guests\' page caches (modelled) MB | total / unique |',
+      '| --- | --- | --- | --- | --- |',
+      ...q.rows.map((r) => `| ${r.config} | ${mb(r.hostBytes)} | ${(r.hostBytes / r.uniqueBytes).toFixed(2)} | ${mb(r.guestCacheBytes)} | ${((r.hostBytes + r.guestCacheBytes) / r.uniqueBytes).toFixed(2)} |`),
+      '',
+      ...q.notes.map((n) => `- ${n}`),
+      '',
+    ] : []),
     '| pair | SETUPMAPPING 2 MiB | samples | median µs | p99 µs |',
     '| --- | --- | --- | --- | --- |',
     ...latency.map((l) => `| ${l.pair} | ${l.kind} | ${l.samples} | ${l.medianUs.toFixed(0)} | ${l.p99Us.toFixed(0)} |`),
   ].join('\n');
-  return { rows, latency, markdown };
+  return { rows: [...rows, ...(q?.rows ?? [])], latency, markdown };
 }
 
 // `node dist/bench/share.js` runs this section alone.
 if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
-  benchShare((s) => console.error(`bench: ${s}`)).then((r) => console.log(r.markdown), (e) => { console.error(e); process.exit(1); });
+  const log = (s: string): void => console.error(`bench: ${s}`);
+  // `--qemu-only`: just the two-QEMU-guest rows (~3 min); `--no-qemu`: just the test-VMM rows.
+  if (process.argv.includes('--qemu-only')) {
+    qemuShareRows(log).then((r) => console.log(JSON.stringify(r, null, 2)), (e) => { console.error(e); process.exit(1); });
+  } else {
+    benchShare(log, { qemu: !process.argv.includes('--no-qemu') }).then((r) => console.log(r.markdown), (e) => { console.error(e); process.exit(1); });
+  }
 }
