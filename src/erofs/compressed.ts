@@ -8,7 +8,7 @@
 // without either a compressed file is treated as all data.
 import { ErofsError } from './api.js';
 import * as zmap from './zmap.js';
-import type { CompressedFileContext, ZExtent, ZImageContext } from './zmap.js';
+import type { CompressedFileContext, DataSpan, ZExtent, ZImageContext } from './zmap.js';
 import type { Inode } from './inode.js';
 import type { ByteSource } from './io.js';
 import type { Superblock } from './superblock.js';
@@ -21,7 +21,7 @@ export interface CompressedHost {
   /** A transient no-copy view of the unified data space when it is memory-mapped. */
   viewUnified?(addr: number, len: number): Buffer | undefined;
   /** The mapped device bytes around a unified address (see ZImageContext.dataSpan). */
-  dataSpan?(addr: number): { buf: Buffer; base: number; lo: number; hi: number } | undefined;
+  dataSpan?(addr: number): DataSpan | undefined;
   packedSource(): ByteSource;
 }
 

@@ -16,6 +16,7 @@ import { getPrefixedXattr, getXattr, listXattrs, loadPrefixes } from './xattr.js
 import type { LongPrefix, XattrContext } from './xattr.js';
 import { COMPAT, INCOMPAT, SUPER_OFFSET, nidInMetabox } from './format.js';
 import { CompressedReader } from './compressed.js';
+import type { DataSpan } from './zmap.js';
 
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
 const INODE_CACHE_MAX = 65536;
@@ -160,7 +161,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
    * SPAN_WINDOW bytes from addr rounded down to SPAN_ALIGN) comes from Device.view, so the
    * device's read-ahead advice sees it. Undefined when the device is not mapped.
    */
-  dataSpan(addr: number): { buf: Buffer; base: number; lo: number; hi: number } | undefined {
+  dataSpan(addr: number): DataSpan | undefined {
     const m = mapDevice(this, 0, addr);
     const dev = this.device(m.device);
     if (!dev.mapped) return undefined;
@@ -186,7 +187,10 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     if (!(lo <= addr && addr < hi)) return undefined;
     const buf = dev.view(lo - devBase, hi - lo);
     if (!buf || buf.length !== hi - lo) return undefined;
-    return { buf, base: lo, lo, hi };
+    // Views do not ask for read-ahead themselves (the mapping is MADV_RANDOM): zmap hints the
+    // pcluster ranges it is about to decode.
+    const willNeed = (a: number, len: number): void => dev.willNeed(a - devBase, len, true);
+    return { buf, base: lo, lo, hi, willNeed };
   }
 
   inode(nid: number): Inode {

@@ -102,6 +102,12 @@ export interface DataSpan {
   base: number;
   lo: number;
   hi: number;
+  /**
+   * Optional read-ahead hint: the caller is about to read data addresses [addr, addr+len) of
+   * the span sequentially (the device batches the cold I/O; a mapping without it faults in
+   * page by page). Called about once per WILLNEED_GRANULE of pcluster data, not per pcluster.
+   */
+  willNeed?(addr: number, len: number): void;
 }
 
 export type DecompressFn = (
@@ -279,6 +285,11 @@ const PA_STRIDE = 256;
 const RAW_READAHEAD = 128 * 1024;
 
 
+/** Read-ahead hints (DataSpan.willNeed): granule, first and largest window. */
+const WILLNEED_GRANULE = 32 * 1024;
+const HINT_MIN = 64 * 1024;
+const HINT_MAX = 1024 * 1024;
+
 /** Nesting of fragment reads (a packed inode never legitimately has fragments itself). */
 let fragmentDepth = 0;
 const MAX_FRAGMENT_DEPTH = 2;
@@ -380,6 +391,10 @@ export class CompressedFile {
   private nextHeadValid = false;
   /** The last mapped span pclusters were decoded from (ZImageContext.dataSpan). */
   private span: DataSpan | undefined;
+  /** Data addresses whose read-ahead hint was given (DataSpan.willNeed), granule-rounded. */
+  private askedLo = 0;
+  private askedHi = 0;
+  private hintLen = 0;
   private inFragmentRead = false;
 
   constructor(readonly ctx: CompressedFileContext) {
@@ -1155,6 +1170,7 @@ export class CompressedFile {
         this.span = sp;
       }
       if (sp !== undefined && pa >= sp.lo && pend <= sp.hi && pa - sp.base + e.plen <= sp.buf.length) {
+        if ((pend > this.askedHi || pa < this.askedLo) && sp.willNeed) this.hintAhead(sp, pa, pend);
         this.decodeFrom(e, sp.buf, pa - sp.base, out, at);
         return;
       }
@@ -1162,6 +1178,20 @@ export class CompressedFile {
     const raw = e.src === SRC_META ? this.ctx.readMeta(e.pa, e.plen) : this.readRaw(e.pa, e.plen);
     if (raw.length !== e.plen) throw eio(this.nid, 'short pcluster read');
     this.decodeFrom(e, raw, 0, out, at);
+  }
+
+  /**
+   * Read-ahead hint for the pcluster [pa, pend) and what follows it, growing like the kernel's
+   * read-ahead window while the reads stay sequential (64 KiB, doubling up to 1 MiB), and asked
+   * again when half of it is consumed so the next part is in flight before it is needed.
+   */
+  private hintAhead(sp: DataSpan, pa: number, pend: number): void {
+    const sequential = pa >= this.askedLo && pa <= this.askedHi + WILLNEED_GRANULE;
+    this.hintLen = sequential ? Math.min(this.hintLen * 2, HINT_MAX) : HINT_MIN;
+    const len = Math.max(pend, Math.min(sp.hi, pa + this.hintLen)) - pa;
+    sp.willNeed!(pa, len);
+    this.askedLo = pa - (pa % WILLNEED_GRANULE);
+    this.askedHi = Math.max(pend, pa + Math.floor(len / 2));
   }
 
   /** Decodes extent `e` from its pcluster bytes src[s0, s0 + e.plen) into out[at, at + e.llen). */
