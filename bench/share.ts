@@ -192,6 +192,10 @@ export async function qemuShareRows(log: (s: string) => void = () => {}): Promis
     rows: [row('erofs-vfsd share', on.growthAfterBoth), row('erofs-vfsd --share=off', off.growthAfterBoth), row('C virtiofsd', v.growthAfterBoth), row('unique floor', c.uniqueBytes)],
     notes: [
       `every guest walk ok: ${walks.every(Boolean)} (${walks.length} walks)`,
+      // Page cache that nobody maps can be dropped by anyone's drop_caches mid-run (erofs-vfsd's
+      // image pages are mapped by the daemon and stay): show the samples so a perturbed run shows.
+      `C virtiofsd page cache baseline / after guest 1 / after both: ${v.samples.map((x) => (x.pageCache / 1e6).toFixed(2)).join(' / ')} MB` +
+        (v.samples[2]!.pageCache < v.samples[1]!.pageCache + 0.5 * (c.sumPages - v.samples[1]!.pageCache) ? ' (PERTURBED: pages of guest 1 were dropped meanwhile; re-run)' : ''),
       `in-place floor for serving from the images (their metadata pages ${(floor.metadataBytes / 1e6).toFixed(2)} MB + unique page-aligned data ${(floor.uniqueDataBytes / 1e6).toFixed(2)} MB): ${(floor.bytes / 1e6).toFixed(2)} MB`,
       `C virtiofsd's figure leaves out the host file system's metadata (inodes, directories: block-device buffer cache), ours includes the images' metadata pages`,
     ],
