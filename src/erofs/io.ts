@@ -49,6 +49,13 @@ const MADV_WILLNEED = 3;
 const PREFETCH_GRANULE = 32 * 1024;
 /** Granules asked for ahead of a small sequential read. */
 const PREFETCH_AHEAD = 8;
+/**
+ * The bitmap is forgotten this often: pages asked for may since have been evicted (memory
+ * pressure, drop_caches), and a granule marked forever would then fault in page by page.
+ */
+const PREFETCH_FORGET_MS = 1000;
+/** Images with more granules than this keep no bitmap: copies of 64 KiB or more always ask. */
+const PREFETCH_MAX_GRANULES = 1 << 24;
 
 /** Something that yields exactly `len` bytes at `pos`, or throws ErofsError('EIO'). */
 export interface ByteSource {
@@ -112,15 +119,18 @@ export class Device {
   /** The whole file mapped read-only: reads become memcpy instead of a syscall. */
   private mapping?: Buffer;
   /**
-   * 32 KiB granules of the mapping already asked for (MADV_WILLNEED). The mapping is MADV_RANDOM:
-   * a page fault reads that page only, instead of the device's whole read-ahead window around it
-   * (8 MiB on some hosts: one fault on the superblock pulled the whole image into the page cache,
-   * which defeats page sharing's memory accounting, issue 5). Copies ask for their granules once
-   * instead, so cold plain reads still get batched I/O (256 MiB cold: ~0.3-0.5 s vs 0.15 s with
+   * 32 KiB granules of the mapping asked for (MADV_WILLNEED) in the last PREFETCH_FORGET_MS. The
+   * mapping is MADV_RANDOM: a page fault reads that page only, instead of the device's whole
+   * read-ahead window around it (8 MiB on some hosts: one fault on the superblock pulled the
+   * whole image into the page cache, which defeats page sharing's memory accounting, issue 5).
+   * Copies ask for their granules instead, so cold plain reads still get batched I/O (256 MiB cold: ~0.3-0.5 s vs 0.15 s with
    * read-around); views (compressed data) fault page by page unless their user calls willNeed
    * (256 MiB LZ4 cold: ~3 s vs 0.35 s). Warm reads are unchanged.
    */
   private prefetched?: Uint8Array;
+  private prefetchedSince = 0;
+  /** MADV_RANDOM is in effect on the mapping (else the kernel's read-around does the batching). */
+  private adviseRandom = false;
 
   constructor(readonly path: string, readonly index: number, useMmap = true) {
     try {
@@ -149,7 +159,9 @@ export class Device {
           if (shim.madvise) {
             try {
               shim.madvise(this.region, 0, this.size, MADV_RANDOM);
-              this.prefetched = new Uint8Array(Math.ceil(this.size / PREFETCH_GRANULE));
+              this.adviseRandom = true;
+              const granules = Math.ceil(this.size / PREFETCH_GRANULE);
+              if (granules <= PREFETCH_MAX_GRANULES) this.prefetched = new Uint8Array(granules);
             } catch {
               // advice is optional
             }
@@ -200,8 +212,17 @@ export class Device {
    * an asked-for granule. Without it, cold pages of a view fault in one by one (correct, slower).
    */
   willNeed(pos: number, len: number, sequential = false): void {
+    if (!this.adviseRandom || !this.region || this.closed || !Number.isSafeInteger(pos) || pos < 0 || len <= 0 || pos >= this.size) return;
     const marks = this.prefetched;
-    if (!marks || !this.region || this.closed || !Number.isSafeInteger(pos) || pos < 0 || len <= 0 || pos >= this.size) return;
+    if (!marks) {
+      if (len >= 2 * PREFETCH_GRANULE) this.advise(pos - (pos % PAGE_SIZE), Math.min(this.size, pos + len), MADV_WILLNEED);
+      return;
+    }
+    const now = Date.now();
+    if (now - this.prefetchedSince >= PREFETCH_FORGET_MS) {
+      marks.fill(0);
+      this.prefetchedSince = now;
+    }
     const first = Math.floor(pos / PREFETCH_GRANULE);
     let last = Math.min(marks.length - 1, Math.floor((pos + len - 1) / PREFETCH_GRANULE));
     let from = first;
@@ -209,9 +230,12 @@ export class Device {
     if (from > last) return;
     if (sequential && len < PREFETCH_GRANULE && first > 0 && marks[first - 1]) last = Math.min(marks.length - 1, last + PREFETCH_AHEAD);
     marks.fill(1, from, last + 1);
-    const start = from * PREFETCH_GRANULE;
+    this.advise(from * PREFETCH_GRANULE, Math.min(this.size, (last + 1) * PREFETCH_GRANULE), MADV_WILLNEED);
+  }
+
+  private advise(start: number, end: number, advice: number): void {
     try {
-      loadMmap()?.madvise?.(this.region, start, Math.min(this.size, (last + 1) * PREFETCH_GRANULE) - start, MADV_WILLNEED);
+      if (this.region && end > start) loadMmap()?.madvise?.(this.region, start, end - start, advice);
     } catch {
       // advice is optional
     }
