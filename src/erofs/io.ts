@@ -123,9 +123,10 @@ export class Device {
    * mapping is MADV_RANDOM: a page fault reads that page only, instead of the device's whole
    * read-ahead window around it (8 MiB on some hosts: one fault on the superblock pulled the
    * whole image into the page cache, which defeats page sharing's memory accounting, issue 5).
-   * Copies ask for their granules instead, so cold plain reads still get batched I/O (256 MiB cold: ~0.3-0.5 s vs 0.15 s with
-   * read-around); views (compressed data) fault page by page unless their user calls willNeed
-   * (256 MiB LZ4 cold: ~3 s vs 0.35 s). Warm reads are unchanged.
+   * Copies ask for their granules instead, so cold reads still get batched I/O, if less deep
+   * than the kernel's read-around (256 MiB file cold on this host: plain ~0.35 s vs ~0.1 s, LZ4
+   * ~0.34 s vs ~0.13 s); views (compressed data) fault page by page unless their user calls
+   * willNeed. Warm reads are unchanged.
    */
   private prefetched?: Uint8Array;
   private prefetchedSince = 0;
