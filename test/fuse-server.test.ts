@@ -516,3 +516,61 @@ test('READ into a lent reply buffer: data written in place, hooks still win, too
   assert.equal(eof[0]!.readUInt32LE(0), 16);
   assert.deepEqual(seen, [`${(1 << 20) - 100} 65536 false`, '4096 8 false', '0 8192 false', `${2 << 20} 10 false`]);
 });
+
+test('READ placed into the reply destination (replyTo): synchronous only, header split anywhere, hooks and async answers not placed', async () => {
+  const base = new FakeReader(tree());
+  const reader = Object.assign(Object.create(base) as FakeReader, {
+    readInto(nid: number, offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
+      const b = base.read(nid, offset, length);
+      target.set(b, targetOffset);
+      return b.length;
+    },
+  });
+  let hookAnswer: 'none' | 'sync' | 'async' = 'none';
+  const fs = new ImageTree({
+    images: [{ reader }],
+    hooks: { read: () => (hookAnswer === 'sync' ? Buffer.from('HOOK') : hookAnswer === 'async' ? Promise.resolve(Buffer.from('LATER')) : undefined) },
+  });
+  const server = new FuseServer(fs);
+  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const sub = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))).body);
+  const deep = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: sub.nodeid }, cstr('deep')))).body);
+  // Destination: 7 + 20 + 4000 + 200 bytes; the header takes 7 + 9, data starts 9 bytes into the second.
+  const dst = [Buffer.alloc(7, 0xee), Buffer.alloc(20, 0xee), Buffer.alloc(4000, 0xee), Buffer.alloc(200, 0xee)];
+  const ctx: { replyTo: Buffer[]; placed?: number } = { replyTo: dst };
+  const r = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid, unique: 5n }, readIn(0, 10, 4100)), ctx);
+  assert.ok(Array.isArray(r), 'answered synchronously');
+  assert.equal(r.length, 1, 'only the header is returned');
+  assert.equal(r[0]!.readUInt32LE(0), 16 + 4100);
+  assert.equal(ctx.placed, 4100);
+  assert.ok(dst[0]!.every((b) => b === 0xee), 'the header is the transport\'s to write');
+  assert.ok(dst[1]!.subarray(0, 9).every((b) => b === 0xee));
+  assert.ok(Buffer.concat([dst[1]!.subarray(9), dst[2]!, dst[3]!.subarray(0, 89)]).equals(Buffer.alloc(4100, 0x61)));
+  assert.ok(dst[3]!.subarray(89).every((b) => b === 0xee), 'nothing past the data');
+  // Less room than asked for: nothing placed; a short read at EOF still fits, else E2BIG-sized data is returned for the transport to refuse.
+  const ctx2: { replyTo: Buffer[]; placed?: number } = { replyTo: [Buffer.alloc(16 + 50, 0xee)] };
+  const short = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, (1 << 20) - 30, 4096)), ctx2);
+  const shortReply = parseReply(short instanceof Promise ? await short : short);
+  assert.equal(ctx2.placed, 0);
+  assert.ok(shortReply.body.equals(Buffer.alloc(30, 0x61)));
+  assert.ok(ctx2.replyTo[0]!.every((b) => b === 0xee));
+  // A hook's buffers (sync or async) are returned, never placed.
+  hookAnswer = 'sync';
+  const ctx3: { replyTo: Buffer[]; placed?: number } = { replyTo: [Buffer.alloc(16 + 4096, 0xee)] };
+  const hooked = parseReply((await server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 4096)), ctx3))!);
+  assert.equal(hooked.body.toString(), 'HOOK');
+  assert.equal(ctx3.placed, 0);
+  hookAnswer = 'async';
+  const pending = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 4096)), ctx3);
+  assert.ok(pending instanceof Promise, 'an async hook makes the answer async');
+  assert.equal(parseReply((await pending)!).body.toString(), 'LATER');
+  assert.equal(ctx3.placed, 0);
+  assert.ok(ctx3.replyTo[0]!.every((b) => b === 0xee), 'async answers never touch the destination');
+  // LOOKUP and GETATTR of the in-memory tree answer synchronously too.
+  assert.ok(Array.isArray(server.handleMaybeSync(request({ opcode: Opcode.GETATTR, nodeid: deep.nodeid }, u32s(0, 0), u64s(0)))));
+  assert.ok(Array.isArray(server.handleMaybeSync(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))));
+  // A filesystem breaking the contract (a promise of a count) gets EIO, not a reply claiming data.
+  const liar = new FuseServer({ readIntoSegments: () => Promise.resolve(7) as unknown as Promise<Buffer> }, { resume: true });
+  const lied = parseReply((await liar.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: 2 }, readIn(0, 0, 64)), { replyTo: [Buffer.alloc(100)] }))!);
+  assert.equal(lied.error, -Errno.EIO);
+});
