@@ -26,9 +26,9 @@
 //  - digest-plain: share=on 7.14 (1.13x unique; 1.03x the in-place floor of 6.92 = the images'
 //    metadata pages 0.85 + page-aligned unique data 6.07), share=off 10.42 (1.04x sum), on/off 0.69.
 //    Before this change: 20.4 vs 10.4 (inline-tail files copied into memfds on top of whole images).
-//  - digest-lz4 (share=on only, to keep the test near 2 min): 3.38 (0.53x unique: a's compressed
+//  - digest-lz4 (share=on only, to keep the test near 2 min): 3.4-3.7 (0.53-0.58x unique: a's compressed
 //    pages + b's metadata and new compressed pages; no blobs). Before: 15.8; with blobs filled for
-//    windowless guests it would be ~8.7 (the same 3.38 plus 5.32 of blobs, measured separately).
+//    windowless guests it would be ~8.7 (the same plus 5.32 of blobs, measured separately).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
