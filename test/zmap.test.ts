@@ -614,6 +614,15 @@ test('corrupt indexes and pcluster data of real images raise ErofsError only, in
             f.read(0, t.size);
             f.read(Math.floor(rand() * t.size), 70_000);
           }, `${name} nid ${t.nid} mutant ${i}`);
+          // The same mutant through the hot path: readInto decoding straight from a mapped span.
+          expectOnlyErofsErrors(() => {
+            const g = rawCompressedFile(work, t.nid, new PclusterCache(1 << 22), {
+              dataSpan: () => ({ buf: work, base: 0, lo: 0, hi: work.length }),
+            })!;
+            const out = Buffer.alloc(Math.max(t.size, 70_000));
+            g.readInto(0, t.size, out, 0);
+            g.readInto(Math.floor(rand() * t.size), 70_000, out, 0);
+          }, `${name} nid ${t.nid} mutant ${i} (mapped span)`);
         } finally {
           for (const [at, v] of saved.reverse()) work[at] = v;
         }
