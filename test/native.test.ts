@@ -59,6 +59,28 @@ test('memfd mappings are shared and munmap detaches the buffer', () => {
   }
 });
 
+test('mincore reports which pages of a file mapping are in memory, without faulting them in', () => {
+  const fd = native.memfdCreate('mincore-test', C.MFD_CLOEXEC);
+  const P = native.pageSize;
+  try {
+    native.ftruncate(fd, 4 * P);
+    fs.writeSync(fd, Buffer.from('zero'), 0, 4, 0);
+    fs.writeSync(fd, Buffer.from('two'), 0, 3, 2 * P);
+    const ab = native.mmap(fd, 0, 4 * P, C.PROT_READ, C.MAP_SHARED);
+    try {
+      assert.deepEqual([...native.mincore(ab, 0, 4 * P)].map((b) => b & 1), [1, 0, 1, 0]);
+      assert.deepEqual([...native.mincore(ab, 2 * P, P + 1)].map((b) => b & 1), [1, 0], 'a partial last page counts as a page');
+      assert.deepEqual([...native.mincore(ab, 0, 4 * P)].map((b) => b & 1), [1, 0, 1, 0], 'asking faulted nothing in');
+      assert.throws(() => native.mincore(ab, 1, P), (e: unknown) => isNativeError(e) && e.code === 'EINVAL', 'unaligned offset');
+      assert.throws(() => native.mincore(ab, 0, 5 * P), (e: unknown) => isNativeError(e) && e.code === 'EINVAL', 'past the mapping');
+    } finally {
+      native.munmap(ab);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+});
+
 test('a reserved window takes fixed file mappings and gives them back', () => {
   const page = native.pageSize;
   const fd = native.memfdCreate('window-test', C.MFD_CLOEXEC);

@@ -28,6 +28,8 @@ export interface NativeShim {
   mapFixed(region: ArrayBuffer, regionOffset: number, fd: number, fdOffset: number, length: number, prot: number): void;
   unmapFixed(region: ArrayBuffer, regionOffset: number, length: number): void;
   madvise(region: ArrayBuffer, offset: number, length: number, advice: number): void;
+  /** Page-cache residency of a mapped range: one byte per page, bit 0 = resident. */
+  mincore(region: ArrayBuffer, offset: number, length: number): Uint8Array;
   addressOf(region: ArrayBuffer): bigint;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, length: number): void;
