@@ -196,6 +196,9 @@ export async function qemuShareRows(log: (s: string) => void = () => {}): Promis
       // image pages are mapped by the daemon and stay): show the samples so a perturbed run shows.
       `C virtiofsd page cache baseline / after guest 1 / after both: ${v.samples.map((x) => (x.pageCache / 1e6).toFixed(2)).join(' / ')} MB` +
         (v.samples[2]!.pageCache < v.samples[1]!.pageCache + 0.5 * (c.sumPages - v.samples[1]!.pageCache) ? ' (PERTURBED: pages of guest 1 were dropped meanwhile; re-run)' : ''),
+      `split page by page (mincore on the images): file bodies (page-aligned data of the files) with sharing ${(on.bodyGrowthAfterBoth / 1e6).toFixed(2)} MB = ` +
+        `${(on.bodyGrowthAfterBoth / on.floor.uniqueDataBytes).toFixed(2)}× the unique body pages (${(on.floor.uniqueDataBytes / 1e6).toFixed(2)} MB), --share=off ${(off.bodyGrowthAfterBoth / 1e6).toFixed(2)} MB = ` +
+        `${(off.bodyGrowthAfterBoth / on.floor.uniqueDataBytes).toFixed(2)}×; the rest is the images' metadata and inline data (${(on.otherGrowthAfterBoth / 1e6).toFixed(2)} / ${(off.otherGrowthAfterBoth / 1e6).toFixed(2)} MB of ${(on.floor.metadataBytes / 1e6).toFixed(2)} MB), which each image has whether files share or not`,
       `in-place floor for serving from the images (their metadata pages ${(floor.metadataBytes / 1e6).toFixed(2)} MB + unique page-aligned data ${(floor.uniqueDataBytes / 1e6).toFixed(2)} MB): ${(floor.bytes / 1e6).toFixed(2)} MB`,
       `C virtiofsd's figure leaves out the host file system's metadata (inodes, directories: block-device buffer cache), ours includes the images' metadata pages`,
     ],

@@ -36,6 +36,7 @@ import { execFileSync } from 'node:child_process';
 import { SHARED_IMAGES } from './paths.js';
 import { loadManifest, type Manifest } from './manifest.js';
 import { openImage } from '../../src/erofs/index.js';
+import { native } from '../../src/native/index.js';
 import { QEMU_CACHE, GUEST_DIR, bootGuest, ensureGuest, startErofsVfsd, startVirtiofsd, type Backend, type GuestRun } from './qemu.js';
 import { unpackImage } from './test-vmm/backends.js';
 
@@ -92,52 +93,65 @@ export function contentFigures(manifests: Manifest[]): ContentFigures {
 }
 
 /**
+ * Which pages of an image are wholly the page-aligned data ("body") of a regular file stored
+ * uncompressed, and which body pages each file has; every other page holds metadata
+ * (superblock, inodes, directories, xattrs — the digest xattrs included), inline data (tails and
+ * small files packed next to their inode) or compressed data.
+ */
+export function imageLayout(file: string): { pages: number; dataPages: Set<number>; bodies: { key: string; pages: number[] }[] } {
+  const r = openImage(file);
+  try {
+    const dataPages = new Set<number>();
+    const bodies: { key: string; pages: number[] }[] = [];
+    const walk = (dir: number): void => {
+      for (let off = 0; ;) {
+        const ents = r.readdir(dir, off, 512);
+        if (ents.length === 0) break;
+        for (const e of ents) {
+          off = e.nextOffset;
+          const name = e.name.toString('latin1');
+          if (name === '.' || name === '..') continue;
+          const a = r.getAttr(e.nid);
+          if (a.type === 'dir') walk(e.nid);
+          if (a.type !== 'file' || a.size === 0) continue;
+          const key = `${r.fingerprint(e.nid)?.toString('hex') ?? `${file}:${e.nid}`}:${a.size}`;
+          const pages: number[] = [];
+          for (const x of r.plainExtents(e.nid) ?? []) {
+            if (x.device !== 0 || x.physical % PAGE !== 0) continue;
+            for (let p = x.physical / PAGE; (p + 1) * PAGE <= x.physical + x.length; p++) pages.push(p);
+          }
+          for (const p of pages) dataPages.add(p);
+          bodies.push({ key, pages });
+        }
+      }
+    };
+    walk(r.rootNid);
+    return { pages: Math.ceil(fs.statSync(file).size / PAGE), dataPages, bodies };
+  } finally {
+    r.close();
+  }
+}
+
+/**
  * What serving both versions in place from their images must hold at least: every page of each
  * image that is not wholly the page-aligned data of a regular file (superblock, inodes,
  * directories, xattrs — the digest xattrs included — and inline data: a guest's stat or read
  * touches them), plus the page-aligned data of each distinct (digest, size) once. Compressed
  * files count their compressed pages (all holders' pages: only the first holder's are read,
- * so this overstates the floor for them slightly). 
+ * so this overstates the floor for them slightly).
  */
 export function inPlaceFloor(pair: string): { metadataBytes: number; uniqueDataBytes: number; bytes: number } {
   let metadataBytes = 0;
   let uniqueDataBytes = 0;
   const seen = new Set<string>();
   for (const v of ['a', 'b']) {
-    const r = openImage(path.join(SHARED_IMAGES, `${pair}-${v}.erofs`));
-    try {
-      const dataPages = new Set<number>();
-      const walk = (dir: number): void => {
-        for (let off = 0; ;) {
-          const ents = r.readdir(dir, off, 512);
-          if (ents.length === 0) break;
-          for (const e of ents) {
-            off = e.nextOffset;
-            const name = e.name.toString('latin1');
-            if (name === '.' || name === '..') continue;
-            const a = r.getAttr(e.nid);
-            if (a.type === 'dir') walk(e.nid);
-            if (a.type !== 'file' || a.size === 0) continue;
-            const key = `${r.fingerprint(e.nid)?.toString('hex') ?? `${v}:${e.nid}`}:${a.size}`;
-            const ex = r.plainExtents(e.nid) ?? [];
-            const pages: number[] = [];
-            for (const x of ex) {
-              if (x.device !== 0 || x.physical % PAGE !== 0) continue;
-              for (let p = x.physical / PAGE; (p + 1) * PAGE <= x.physical + x.length; p++) pages.push(p);
-            }
-            for (const p of pages) dataPages.add(p);
-            if (!seen.has(key)) {
-              seen.add(key);
-              uniqueDataBytes += pages.length * PAGE;
-            }
-          }
-        }
-      };
-      walk(r.rootNid);
-      metadataBytes += (Math.ceil(fs.statSync(path.join(SHARED_IMAGES, `${pair}-${v}.erofs`)).size / PAGE) - dataPages.size) * PAGE;
-    } finally {
-      r.close();
+    const layout = imageLayout(path.join(SHARED_IMAGES, `${pair}-${v}.erofs`));
+    for (const b of layout.bodies) {
+      if (seen.has(b.key)) continue;
+      seen.add(b.key);
+      uniqueDataBytes += b.pages.length * PAGE;
     }
+    metadataBytes += (layout.pages - layout.dataPages.size) * PAGE;
   }
   return { metadataBytes, uniqueDataBytes, bytes: metadataBytes + uniqueDataBytes };
 }
@@ -165,6 +179,35 @@ export function residentBytes(file: string): number {
   const n = Number(out.trim());
   if (!Number.isFinite(n)) throw new Error(`fincore ${file}: unexpected output '${out}'`);
   return n;
+}
+
+/**
+ * Resident bytes of an image file split by what the pages hold (imageLayout): file bodies vs
+ * metadata and inline data. mincore() on a read-only mapping of the file: the same residency
+ * fincore counts, page by page, and asking faults nothing in.
+ */
+export function residentSplit(file: string, dataPages: Set<number>): { data: number; meta: number } {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const size = fs.fstatSync(fd).size;
+    if (size === 0) return { data: 0, meta: 0 };
+    const map = native.mmap(fd, 0, size, native.constants.PROT_READ, native.constants.MAP_SHARED);
+    try {
+      const vec = native.mincore(map, 0, size);
+      let data = 0;
+      let meta = 0;
+      for (let p = 0; p < vec.length; p++) {
+        if ((vec[p]! & 1) === 0) continue;
+        if (dataPages.has(p)) data += PAGE;
+        else meta += PAGE;
+      }
+      return { data, meta };
+    } finally {
+      native.munmap(map);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /** Allocated bytes of the daemon's shared-content memfds (blobs and EOF-tail pages). */
@@ -198,14 +241,19 @@ export interface MemorySample {
   blobs: number;
   /** imagePageCache + blobBytes: host memory holding file data, attributed to this daemon */
   fileData: number;
+  /** of imagePageCache: pages wholly the page-aligned body of a regular file (imageLayout) */
+  imageBodyPages: number;
+  /** of imagePageCache: every other page (metadata, inline data, compressed data) */
+  imageOtherPages: number;
   /** the daemon's anonymous RSS (its heap: metadata and decompression caches), for the record */
   daemonRssAnon: number;
   meminfo: { cached: number; shmem: number; fileLru: number };
 }
 
 /** `pid` undefined: before the daemon runs (no blobs, no heap). */
-export function sampleMemory(label: string, pid: number | undefined, images: string[]): MemorySample {
+export function sampleMemory(label: string, pid: number | undefined, images: string[], layouts: Set<number>[]): MemorySample {
   const imagePageCache = images.reduce((s, f) => s + residentBytes(f), 0);
+  const split = images.map((f, i) => residentSplit(f, layouts[i]!));
   const blobs = pid === undefined ? { bytes: 0, count: 0 } : daemonBlobBytes(pid);
   const mi = meminfo();
   return {
@@ -214,6 +262,8 @@ export function sampleMemory(label: string, pid: number | undefined, images: str
     blobBytes: blobs.bytes,
     blobs: blobs.count,
     fileData: imagePageCache + blobs.bytes,
+    imageBodyPages: split.reduce((t, x) => t + x.data, 0),
+    imageOtherPages: split.reduce((t, x) => t + x.meta, 0),
     daemonRssAnon: pid === undefined ? 0 : rssAnon(pid),
     meminfo: {
       cached: mi['Cached'] ?? 0,
@@ -280,6 +330,14 @@ export interface QemuShareReport {
   /** attributed growth (fileData) after the first guest and after both */
   growthAfterA: number;
   growthAfterBoth: number;
+  /**
+   * growthAfterBoth split by what the pages hold: file bodies (page-aligned data of files stored
+   * uncompressed, plus memfd blobs) and everything else of the images (metadata, inline data,
+   * compressed data), with the matching floors (inPlaceFloor)
+   */
+  bodyGrowthAfterBoth: number;
+  otherGrowthAfterBoth: number;
+  floor: { metadataBytes: number; uniqueDataBytes: number; bytes: number };
   /** of which: the daemon's memfd blobs (after the first guest, after both) */
   blobsAfterA: number;
   blobsAfterBoth: number;
@@ -307,6 +365,7 @@ export async function measureQemuSharing(opts: { pair?: string; share?: boolean;
   const names = [`${pair}-a`, `${pair}-b`];
   const manifests = names.map((n) => loadManifest(path.join(SHARED_IMAGES, `${n}.expected.json`)));
   const images = names.map(privateCopy);
+  const layouts = images.map((f) => imageLayout(f).dataPages);
   const sockets = [0, 1].map((i) => path.join(QEMU_CACHE, `${label}-vm${i}.sock`));
   const control = path.join(QEMU_CACHE, `${label}-ctl.sock`);
   for (const s of [...sockets, control]) fs.rmSync(s, { force: true });
@@ -317,7 +376,7 @@ export async function measureQemuSharing(opts: { pair?: string; share?: boolean;
   const samples: MemorySample[] = [];
   const guests: GuestWalk[] = [];
   let stats: unknown;
-  samples.push(sampleMemory('baseline (no daemon)', undefined, images));
+  samples.push(sampleMemory('baseline (no daemon)', undefined, images, layouts));
   try {
     backend = await startErofsVfsd(
       [{ name: 'a', path: `${images[0]!},domain=app` }, { name: 'b', path: `${images[1]!},domain=app` }],
@@ -330,19 +389,19 @@ export async function measureQemuSharing(opts: { pair?: string; share?: boolean;
       if (Date.now() > deadline) throw new Error(`sockets did not appear\n${backend.log()}`);
       await new Promise((r) => setTimeout(r, 20));
     }
-    samples.push(sampleMemory('daemon started', pid, images));
+    samples.push(sampleMemory('daemon started', pid, images, layouts));
     for (const [i, sub] of (['a', 'b'] as const).entries()) {
       const run = await bootGuest(sockets[i]!, {
         label: `${label}-${sub}`, tests: ['walk'], root: sub, extraArgs: ['GT_WALK_ROOT=1', 'GT_XATTR_ALL=1'],
       });
       const walk = run.byTest.get('walk')?.[0] as GuestWalk['walk'];
       guests.push({ image: names[i]!, run, walk });
-      samples.push(sampleMemory(`after guest ${i + 1} (${names[i]})`, pid, images));
+      samples.push(sampleMemory(`after guest ${i + 1} (${names[i]})`, pid, images, layouts));
     }
     // What stays after another drop_caches: pages the kernel could not drop (the daemon's blobs,
     // image pages mapped into the daemon). Not part of the growth figures; for the record.
     dropCaches();
-    samples.push(sampleMemory('after drop_caches', pid, images));
+    samples.push(sampleMemory('after drop_caches', pid, images, layouts));
     try {
       const { controlRequest } = await import('../../src/daemon/control.js');
       stats = await controlRequest(control, 'stats');
@@ -361,6 +420,9 @@ export async function measureQemuSharing(opts: { pair?: string; share?: boolean;
     samples,
     growthAfterA: samples[2]!.fileData - base.fileData,
     growthAfterBoth: last.fileData - base.fileData,
+    bodyGrowthAfterBoth: last.imageBodyPages + last.blobBytes - base.imageBodyPages - base.blobBytes,
+    otherGrowthAfterBoth: last.imageOtherPages - base.imageOtherPages,
+    floor: inPlaceFloor(pair),
     blobsAfterA: samples[2]!.blobBytes,
     blobsAfterBoth: last.blobBytes,
     meminfoGrowth: {
@@ -449,6 +511,9 @@ export function formatReport(r: QemuShareReport): string[] {
   lines.push(
     `  growth after both guests: ${mb(r.growthAfterBoth)} = ${(r.growthAfterBoth / c.uniqueBytes).toFixed(2)}× unique, ` +
       `${(r.growthAfterBoth / c.sumBytes).toFixed(2)}× sum (meminfo Cached Δ ${mb(r.meminfoGrowth.cached)} = ${(r.meminfoGrowth.cached / c.uniqueBytes).toFixed(2)}× unique)`,
+    `  of which file bodies (page-aligned data of uncompressed files + memfds) ${mb(r.bodyGrowthAfterBoth)} = ` +
+      `${(r.bodyGrowthAfterBoth / r.floor.uniqueDataBytes).toFixed(2)}× the unique body pages (${mb(r.floor.uniqueDataBytes)}); ` +
+      `metadata, inline and compressed pages ${mb(r.otherGrowthAfterBoth)} of the images' ${mb(r.floor.metadataBytes)}`,
   );
   const verdict = issueCriterion(r);
   if (r.share) lines.push(`  issue-5 criterion (growth ≤ 1.25× unique and < 0.8× sum): ${verdict.met ? 'met' : 'NOT met'} — ${verdict.why}`);
