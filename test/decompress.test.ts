@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import zlib from 'node:zlib';
-import { decompress, algorithmFromId, type CompressionAlgorithm } from '../src/erofs/decompress/index.js';
+import { decompress, decompressInto, algorithmFromId, type CompressionAlgorithm } from '../src/erofs/decompress/index.js';
+import { lz4DecodeRange } from '../src/erofs/decompress/lz4.js';
 import { ErofsError } from '../src/erofs/api.js';
 import { ZSTD_TIMEOUT_MS } from '../src/erofs/decompress/zstd.js';
 import { lz4CliBlocks, lz4CompressBlock } from './support/lz4-block.js';
@@ -120,6 +121,29 @@ test('lz4: blocks from the lz4 CLI (fast and HC), full and partial decodes', () 
         assert.deepEqual(decompress('lz4', b.compressed, n, { partial: true }), b.plain.subarray(0, n));
       }
     }
+  }
+});
+
+test('lz4: decoding into a window of a larger buffer writes only that window (word copies near its end)', () => {
+  const blocks = [...lz4CliBlocks(DATA, 1), ...lz4CliBlocks(DATA, 12)];
+  const rand = rng(77);
+  for (const b of blocks.slice(0, 6)) {
+    const lens = [b.plain.length, 1, 2, 3, 5, 31, 33, 4095, b.plain.length - 3];
+    for (let k = 0; k < 12; k++) lens.push(1 + Math.floor(rand() * b.plain.length));
+    for (const n of lens) {
+      const at = 5 + Math.floor(rand() * 7);
+      const out = Buffer.alloc(at + n + 9, 0xee);
+      decompressInto('lz4', b.compressed, out, at, n, { partial: true });
+      assert.ok(out.subarray(at, at + n).equals(b.plain.subarray(0, n)), `window of ${n} at ${at}`);
+      assert.ok(out.subarray(0, at).every((x) => x === 0xee), `bytes before the window (${n})`);
+      assert.ok(out.subarray(at + n).every((x) => x === 0xee), `bytes after the window (${n})`);
+    }
+    // The range form: input inside a larger buffer too (reads stay within [srcStart, srcEnd)).
+    const src = Buffer.concat([Buffer.from([1, 2, 3]), b.compressed, Buffer.alloc(5, 0xff)]);
+    const out = Buffer.alloc(b.plain.length + 8, 0xee);
+    lz4DecodeRange(src, 3, 3 + b.compressed.length, out, 4, 4 + b.plain.length, false);
+    assert.ok(out.subarray(4, 4 + b.plain.length).equals(b.plain));
+    assert.ok(out.subarray(0, 4).every((x) => x === 0xee) && out.subarray(4 + b.plain.length).every((x) => x === 0xee));
   }
 });
 

@@ -99,9 +99,15 @@ export function lz4DecodeRange(
         n = outEnd - op;
       }
       if (n < SHORT_COPY) {
-        let i = 0;
-        for (; i + 4 <= n; i += 4) odv.setUint32(op + i, sdv.getUint32(ip + i, true), true);
-        for (; i < n; i++) out[op + i] = src[ip + i]!;
+        if (op + n + 3 <= outEnd && ip + n + 3 <= srcEnd) {
+          // Room for whole words: the last one may write up to 3 bytes past the run, inside
+          // the window, where later output lands anyway (reads stay inside the input).
+          for (let i = 0; i < n; i += 4) odv.setUint32(op + i, sdv.getUint32(ip + i, true), true);
+        } else {
+          let i = 0;
+          for (; i + 4 <= n; i += 4) odv.setUint32(op + i, sdv.getUint32(ip + i, true), true);
+          for (; i < n; i++) out[op + i] = src[ip + i]!;
+        }
       } else {
         out.set(new Uint8Array(sBuf, sBase + ip, n), op);
       }
@@ -130,10 +136,16 @@ export function lz4DecodeRange(
     }
     const from = op - offset;
     if (matchLen < SHORT_COPY) {
-      let i = 0;
       // With offset >= 4 every 4-byte read covers bytes already written.
-      if (offset >= 4) for (; i + 4 <= matchLen; i += 4) odv.setUint32(op + i, odv.getUint32(from + i, true), true);
-      for (; i < matchLen; i++) out[op + i] = out[from + i]!;
+      if (offset >= 4 && op + matchLen + 3 <= outEnd) {
+        // Whole words, the last one possibly 3 bytes past the match (inside the window, where
+        // later output lands anyway).
+        for (let i = 0; i < matchLen; i += 4) odv.setUint32(op + i, odv.getUint32(from + i, true), true);
+      } else {
+        let i = 0;
+        if (offset >= 4) for (; i + 4 <= matchLen; i += 4) odv.setUint32(op + i, odv.getUint32(from + i, true), true);
+        for (; i < matchLen; i++) out[op + i] = out[from + i]!;
+      }
       op += matchLen;
     } else if (offset === 1) {
       out.fill(out[from]!, op, op + matchLen);
