@@ -1,6 +1,6 @@
 // On-disk inodes: compact (32 B) and extended (64 B), every file type, 48-bit block addresses.
 import { ErofsError } from './api.js';
-import type { FileType } from './api.js';
+import type { FileType, InodeAttr } from './api.js';
 import type { ByteSource } from './io.js';
 import type { Superblock } from './superblock.js';
 import {
@@ -9,8 +9,8 @@ import {
   S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_IBODY_HEADER_SIZE, nidInMetabox, nidSlot,
 } from './format.js';
 
-export interface Inode {
-  nid: number;
+/** A decoded on-disk inode: the stat attributes (InodeAttr) plus what the layout code needs. */
+export interface Inode extends InodeAttr {
   inMetabox: boolean;
   /** Byte position of the inode in its metadata source (primary device or metabox content). */
   iloc: number;
@@ -19,15 +19,6 @@ export interface Inode {
   xattrIsize: number;
   format: number;
   datalayout: number;
-  mode: number;
-  type: FileType;
-  uid: number;
-  gid: number;
-  nlink: number;
-  size: number;
-  mtimeSec: number;
-  mtimeNsec: number;
-  rdev: number;
   /** i_u as a raw u32 (startblk_lo / blocks_lo / rdev / chunk info). */
   iU: number;
   /** i_nb MSBs applicable to this inode (0 when i_nb holds nlink). */
@@ -37,8 +28,6 @@ export interface Inode {
   chunkFormat: number;
   chunkBits: number;
   dotOmitted: boolean;
-  /** 512-byte units, as st_blocks. */
-  blocks: number;
 }
 
 export function typeOfMode(mode: number): FileType | undefined {
