@@ -73,10 +73,18 @@ export function zstdDecompress(src: Buffer, outLen: number, _partial: boolean): 
   const copy = new Uint8Array(src.length);
   copy.set(src);
   p.postMessage({ src: copy, outLen }, [copy.buffer]);
+  // Wait until the flag is set, not merely until a wake-up: the worker sets the flag and then
+  // notifies, so the notify of the PREVIOUS answer can arrive after this request was posted
+  // (when the last wait saw the flag already set and returned without sleeping). Taking that
+  // late wake-up as this answer read an empty port ("gave no answer") under load.
   const deadline = Date.now() + ZSTD_TIMEOUT_MS;
   for (;;) {
-    const r = Atomics.wait(s, 0, 0, Math.max(1, deadline - Date.now()));
-    if (r !== 'timed-out' || Atomics.load(s, 0) !== 0) break;
+    if (Atomics.load(s, 0) !== 0) break;
+    const left = deadline - Date.now();
+    if (left > 0) {
+      Atomics.wait(s, 0, 0, left);
+      continue;
+    }
     stop();
     if (src.length <= TIMED_OUT_MAX_BYTES) {
       if (timedOut.length >= TIMED_OUT_MAX) timedOut.shift();
