@@ -117,7 +117,11 @@ async function timed(ms: number, depth: number, op: (i: number) => Promise<numbe
   let i = 0;
   const worker = async () => {
     while (performance.now() < end) {
-      units += await op(i++);
+      // Not `units += await op()`: that reads `units` before the await, and with `depth` workers
+      // in flight each completion would overwrite the others' additions (seq MB/s came out 2-4x
+      // low, by a different factor each round).
+      const n = await op(i++);
+      units += n;
       ops++;
     }
   };
@@ -208,7 +212,7 @@ export async function crossQueueLatency(rounds = 5): Promise<{ readMs: number; g
 
 export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBenchOptions = {}): Promise<{ rows: VhostRow[]; notes: string[]; markdown: string; crossQueue: { readMs: number; getattrMedianMs: number; getattrMaxMs: number } }> {
   const roundMs = o.roundMs ?? 400;
-  const rounds = o.rounds ?? 7;
+  const rounds = o.rounds ?? 11;
   const depth = o.depth ?? 4;
   log('vhost: preparing the bench image and its unpacked tree');
   const { image, tree } = prepareBenchImage();
@@ -258,7 +262,11 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
         const [ta, na, tb, nb] = cpu[k];
         const cpuUsOurs = (ta * 10_000) / Math.max(1, na);
         const cpuUsPeer = (tb * 10_000) / Math.max(1, nb);
-        return { workload, unit, queues, ours, virtiofsd, virtiofsdQueues: 1, ratio: ours / virtiofsd, cpuUsOurs, cpuUsPeer };
+        // The ratio is the median of per-round ratios (each round of ours against the virtiofsd
+        // round right after it): the machine's speed drifts by 2x over a run here, and a pair of
+        // adjacent rounds sees the same conditions; the rates shown are the plain medians.
+        const paired = figures[k][0].map((x, i) => x / figures[k][1][i]!);
+        return { workload, unit, queues, ours, virtiofsd, virtiofsdQueues: 1, ratio: median(paired), cpuUsOurs, cpuUsPeer };
       };
       const got = [row('seq-1MiB', 'MB/s', 'seq'), row('rand-4KiB', 'IOPS', 'rand'), row('lookup+getattr', 'ops/s', 'meta')];
       for (const g of got) log(`vhost: ${g.workload} q=${queues}: ours ${g.ours.toFixed(1)} virtiofsd ${g.virtiofsd.toFixed(1)} ${g.unit}`);
@@ -284,7 +292,7 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
     ...rows.map((r) => `| ${r.workload} | ${r.queues} | ${fmt(r.ours, r.ours < 10 ? 2 : 0)} | ${fmt(r.virtiofsd, r.virtiofsd < 10 ? 2 : 0)} | ${r.unit} | ${fmt(r.ratio, 2)} | ${r.cpuUsOurs === undefined ? '' : fmt(r.cpuUsOurs)} | ${r.cpuUsPeer === undefined ? '' : fmt(r.cpuUsPeer)} |`),
   ].join('\n');
   const notes = [
-    `test VMM front-end (TypeScript, one process driving both back-ends), ${depth} requests in flight, median of ${rounds} alternating ${roundMs} ms rounds per figure after one unmeasured round of each workload per side (JIT warm-up), page cache warm`,
+    `test VMM front-end (TypeScript, one process driving both back-ends), ${depth} requests in flight, rates: median of ${rounds} alternating ${roundMs} ms rounds, ratio: median of the ${rounds} per-pair ratios, after one unmeasured round of each workload per side (JIT warm-up), page cache warm`,
     'data: 64 MiB random file + 2000 × 1 KiB files; ours serves the uncompressed EROFS image, virtiofsd its unpacked copy (loop mount + cp -a)',
     'C virtiofsd from QEMU 7.2 offers a single request queue, so its figures are always for 1 queue',
     'the front-end is a single-threaded Node process: at high rates it, not the back-end, can be the limit (same for both)',
