@@ -37,7 +37,13 @@ done
 # bzImage, which decompresses itself in the guest. GUEST_BOOT=bzimage forces the bzImage.
 KERNEL=$GUEST/vmlinuz
 if [ -s "$GUEST/vmlinux" ] && [ "${GUEST_BOOT:-}" != bzimage ]; then KERNEL=$GUEST/vmlinux; fi
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); fi
+# tsc=unstable under TCG: the emulated TSC drifts, and when the clocksource watchdog marks it
+# unstable after SMP bring-up, the kernel flips the sched_clock static key by live-patching its
+# text with int3 while the other vCPU runs; multi-threaded TCG occasionally executes a stale
+# translation of the int3 and the guest dies with "Oops: int3" in sched_clock_cpu (seen once in
+# ~15 CI boots). Marking the TSC unstable on the command line decides it before the other vCPUs
+# start, so nothing is patched later.
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); ACCEL_KARGS="tsc=unstable"; fi
 args=(
   qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
   -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
@@ -45,7 +51,7 @@ args=(
   -chardev "socket,id=vfs0,path=$SOCK"
   -device "vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES"
   -kernel "$KERNEL" -initrd "$GUEST/initramfs.gz"
-  -append "console=ttyS0 quiet panic=-1 gt.tag=$TAG $*"
+  -append "console=ttyS0 quiet panic=-1 $ACCEL_KARGS gt.tag=$TAG $*"
 )
 if [ -n "$OUT" ]; then
   [ -f "$OUT" ] || truncate -s 64M "$OUT"
