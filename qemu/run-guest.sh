@@ -37,12 +37,12 @@ done
 # bzImage, which decompresses itself in the guest. GUEST_BOOT=bzimage forces the bzImage.
 KERNEL=$GUEST/vmlinuz
 if [ -s "$GUEST/vmlinux" ] && [ "${GUEST_BOOT:-}" != bzimage ]; then KERNEL=$GUEST/vmlinux; fi
-# tsc=unstable under TCG: the emulated TSC drifts, and when the clocksource watchdog marks it
-# unstable after SMP bring-up, the kernel flips the sched_clock static key by live-patching its
-# text with int3 while the other vCPU runs; multi-threaded TCG occasionally executes a stale
-# translation of the int3 and the guest dies with "Oops: int3" in sched_clock_cpu (seen once in
-# ~15 CI boots). Marking the TSC unstable on the command line decides it before the other vCPUs
-# start, so nothing is patched later.
+# tsc=unstable under TCG: after SMP bring-up a late initcall marks sched_clock stable ("sched_clock:
+# Marking stable" at ~1.6 s) by live-patching a static key, int3 first, while the other vCPU
+# runs; multi-threaded TCG occasionally executes a stale translation of that int3 and the guest
+# dies with "Oops: int3" in sched_clock_cpu (one CI boot in ~15). With the TSC marked unstable on
+# the command line, sched_clock is never marked stable and nothing is patched (the clocksource
+# becomes hpet; walk times are unchanged).
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); ACCEL_KARGS="tsc=unstable"; fi
 args=(
   qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
