@@ -364,14 +364,8 @@ export class FuseServer {
       return this.err(unique, Errno.EIO);
     }
     if (WRITE_OPCODES.has(op)) return this.err(unique, Errno.EROFS);
+    // LOOKUP and GETATTR never get here once INIT is done: dispatchFast() answers them.
     switch (op) {
-      case Opcode.LOOKUP: {
-        const name = c.cstring();
-        if (name.length > 255) return this.err(unique, Errno.ENAMETOOLONG);
-        if (!fs.lookup) return this.err(unique, Errno.ENOSYS);
-        const e = await fs.lookup(ctx, ctx.nodeid, name);
-        return this.reply(unique, this.entryBuf(e));
-      }
       case Opcode.FORGET: {
         const n = c.u64();
         fs.forget?.(ctx.nodeid, n);
@@ -388,18 +382,6 @@ export class FuseServer {
           fs.forget?.(nodeid, n);
         }
         return null;
-      }
-      case Opcode.GETATTR: {
-        let fh: number | undefined;
-        if (c.remaining >= 16) {
-          const flags = c.u32();
-          c.u32();
-          const f = c.u64();
-          if (flags & FUSE_GETATTR_FH) fh = f;
-        }
-        if (!fs.getattr) return this.err(unique, Errno.ENOSYS);
-        const a = await fs.getattr(ctx, ctx.nodeid, fh);
-        return this.reply(unique, this.attrOutBuf(a));
       }
       case Opcode.READLINK: {
         if (!fs.readlink) return this.err(unique, Errno.ENOSYS);
