@@ -328,12 +328,15 @@ function kvmUsable(): boolean {
 export function sampleQemuCommand(socket: string, tag: string, numRequestQueues: number): string {
   const nrq = numRequestQueues > 1 ? `,num-request-queues=${numRequestQueues}` : '';
   // Under TCG, Debian 12's QEMU 7.2 needs CMPXCHG16B hidden for 6.x guests (see qemu/README.md).
-  const accel = kvmUsable() ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16';
+  // And tsc=unstable, so the guest never live-patches its sched_clock key under multi-threaded TCG.
+  const kvm = kvmUsable();
+  const accel = kvm ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16';
+  const kargs = kvm ? 'console=ttyS0' : 'console=ttyS0 tsc=unstable';
   const guest = path.join(REPO_ROOT, '.cache/guest');
   const haveGuest = fs.existsSync(path.join(guest, 'vmlinuz')) && fs.existsSync(path.join(guest, 'initramfs.gz'));
   const kernel = haveGuest
-    ? `-kernel ${guest}/vmlinuz -initrd ${guest}/initramfs.gz -append 'console=ttyS0 gt.tests=walk gt.shell=1'`
-    : "-kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append 'console=ttyS0'";
+    ? `-kernel ${guest}/vmlinuz -initrd ${guest}/initramfs.gz -append '${kargs} gt.tests=walk gt.shell=1'`
+    : `-kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append '${kargs}'`;
   return [
     `qemu-system-x86_64 -machine q35 ${accel} -smp 2 -m 1G -nographic \\`,
     '  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\',
