@@ -15,6 +15,7 @@ import { openImage } from '../src/erofs/index.js';
 import type { ErofsReader } from '../src/erofs/api.js';
 import { REPO_ROOT, SHARED_IMAGES } from '../test/support/paths.js';
 import { loopMount } from '../test/support/loop-mount.js';
+import { regularFiles } from '../test/support/reader-manifest.js';
 
 export const BENCH_DIR = path.join(REPO_ROOT, '.cache/bench');
 const CHUNK = 1 << 20;
@@ -68,28 +69,6 @@ function readAllFs(files: string[], buf: Buffer): number {
     }
   }
   return total;
-}
-
-function readerFiles(reader: ErofsReader): { nid: number; size: number }[] {
-  const out: { nid: number; size: number }[] = [];
-  const walk = (dir: number) => {
-    for (let off = 0; ; ) {
-      const entries = reader.readdir(dir, off, 512);
-      if (entries.length === 0) break;
-      for (const e of entries) {
-        off = e.nextOffset;
-        const name = e.name.toString('latin1');
-        if (name === '.' || name === '..') continue;
-        if (e.type === 'dir') walk(e.nid);
-        // Hard links are read once per path, as a walk of a mount does.
-        else if (e.type === 'file') {
-          out.push({ nid: e.nid, size: reader.getAttr(e.nid).size });
-        }
-      }
-    }
-  };
-  walk(reader.rootNid);
-  return out;
 }
 
 /** Reads every file in 1 MiB chunks into one reused buffer, as the kernel-side loops do. */
@@ -160,7 +139,7 @@ async function measureImage(workload: string, image: string): Promise<ReaderRow>
   const reader = openImage(image);
   let inProcess: { mbps: number; bytes: number };
   try {
-    const files = readerFiles(reader);
+    const files = regularFiles(reader);
     inProcess = timeMBps(() => readAllReader(reader, files, buf));
   } finally {
     reader.close();
@@ -169,7 +148,7 @@ async function measureImage(workload: string, image: string): Promise<ReaderRow>
   const cachedReader = openImage(image, { cacheBytes: 1 << 30 });
   let inProcessCached: { mbps: number; bytes: number };
   try {
-    const files = readerFiles(cachedReader);
+    const files = regularFiles(cachedReader);
     inProcessCached = timeMBps(() => readAllReader(cachedReader, files, buf));
   } finally {
     cachedReader.close();

@@ -10,29 +10,8 @@ import path from 'node:path';
 import { openImage, ErofsError, type ErofsReader } from '../src/erofs/index.js';
 import { ReadPool, poolReadHook } from '../src/daemon/read-pool.js';
 import { SCRATCH_DIR, SHARED_IMAGES } from './support/paths.js';
+import { regularFiles } from './support/reader-manifest.js';
 import { Op, connectTestVmm, startInProcessDaemon } from './support/test-vmm/index.js';
-
-interface FileRef { path: string; nid: number; size: number }
-
-function regularFiles(r: ErofsReader): FileRef[] {
-  const out: FileRef[] = [];
-  const walk = (nid: number, prefix: string): void => {
-    for (let off = 0; ;) {
-      const ents = r.readdir(nid, off, 256);
-      if (ents.length === 0) break;
-      for (const e of ents) {
-        off = e.nextOffset;
-        const name = e.name.toString('latin1');
-        if (name === '.' || name === '..') continue;
-        const p = `${prefix}/${name}`;
-        if (e.type === 'dir') walk(e.nid, p);
-        else if (e.type === 'file') out.push({ path: p, nid: e.nid, size: r.getAttr(e.nid).size });
-      }
-    }
-  };
-  walk(r.rootNid, '');
-  return out;
-}
 
 /** Max lateness (ms) of a 2 ms interval timer on the main thread while `work` runs. */
 async function probeDelay(work: () => Promise<unknown>): Promise<{ maxMs: number; ticks: number; elapsedMs: number }> {
@@ -74,11 +53,11 @@ for (const name of ['lzma', 'lz4']) {
         const got = Buffer.concat(await Promise.all(pieces));
         const want = r.read(f.nid, 0, f.size);
         assert.equal(got.length, f.size, f.path);
-        assert.ok(got.equals(want), `${name}${f.path}: pooled bytes differ`);
+        assert.ok(got.equals(want), `${name}/${f.path}: pooled bytes differ`);
         bytes += got.length;
         if (f.size > 5000) {
           const w = await pool.read(0, f.nid, 1234, 3001);
-          assert.ok(w.equals(r.read(f.nid, 1234, 3001)), `${name}${f.path}: window differs`);
+          assert.ok(w.equals(r.read(f.nid, 1234, 3001)), `${name}/${f.path}: window differs`);
         }
         assert.equal((await pool.read(0, f.nid, f.size + 10, 100)).length, 0);
       }));

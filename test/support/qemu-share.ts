@@ -35,6 +35,7 @@ import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { SHARED_IMAGES } from './paths.js';
 import { loadManifest, type Manifest } from './manifest.js';
+import { regularFiles } from './reader-manifest.js';
 import { openImage } from '../../src/erofs/index.js';
 import { native } from '../../src/native/index.js';
 import { QEMU_CACHE, GUEST_DIR, bootGuest, ensureGuest, startErofsVfsd, startVirtiofsd, type Backend, type GuestRun } from './qemu.js';
@@ -103,29 +104,17 @@ export function imageLayout(file: string): { pages: number; dataPages: Set<numbe
   try {
     const dataPages = new Set<number>();
     const bodies: { key: string; pages: number[] }[] = [];
-    const walk = (dir: number): void => {
-      for (let off = 0; ;) {
-        const ents = r.readdir(dir, off, 512);
-        if (ents.length === 0) break;
-        for (const e of ents) {
-          off = e.nextOffset;
-          const name = e.name.toString('latin1');
-          if (name === '.' || name === '..') continue;
-          const a = r.getAttr(e.nid);
-          if (a.type === 'dir') walk(e.nid);
-          if (a.type !== 'file' || a.size === 0) continue;
-          const key = `${r.fingerprint(e.nid)?.toString('hex') ?? `${file}:${e.nid}`}:${a.size}`;
-          const pages: number[] = [];
-          for (const x of r.plainExtents(e.nid) ?? []) {
-            if (x.device !== 0 || x.physical % PAGE !== 0) continue;
-            for (let p = x.physical / PAGE; (p + 1) * PAGE <= x.physical + x.length; p++) pages.push(p);
-          }
-          for (const p of pages) dataPages.add(p);
-          bodies.push({ key, pages });
-        }
+    for (const f of regularFiles(r)) {
+      if (f.size === 0) continue;
+      const key = `${r.fingerprint(f.nid)?.toString('hex') ?? `${file}:${f.nid}`}:${f.size}`;
+      const pages: number[] = [];
+      for (const x of r.plainExtents(f.nid) ?? []) {
+        if (x.device !== 0 || x.physical % PAGE !== 0) continue;
+        for (let p = x.physical / PAGE; (p + 1) * PAGE <= x.physical + x.length; p++) pages.push(p);
       }
-    };
-    walk(r.rootNid);
+      for (const p of pages) dataPages.add(p);
+      bodies.push({ key, pages });
+    }
     return { pages: Math.ceil(fs.statSync(file).size / PAGE), dataPages, bodies };
   } finally {
     r.close();

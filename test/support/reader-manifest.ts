@@ -49,6 +49,35 @@ export function manifestEntry(reader: ErofsReader, nid: number): ManifestEntry {
   return e;
 }
 
+/** A regular file of an image, once per path (hard links appear under each of their paths). */
+export interface RegularFile {
+  /** relative to the root, as in a Manifest */
+  path: string;
+  nid: number;
+  size: number;
+}
+
+/** Every regular file of the image, depth first from the root. */
+export function regularFiles(reader: ErofsReader): RegularFile[] {
+  const out: RegularFile[] = [];
+  const walk = (dir: number, prefix: string): void => {
+    for (let off = 0; ;) {
+      const ents = reader.readdir(dir, off, READDIR_BATCH);
+      if (ents.length === 0) break;
+      for (const e of ents) {
+        off = e.nextOffset;
+        const name = e.name.toString('latin1');
+        if (name === '.' || name === '..') continue;
+        const p = prefix ? `${prefix}/${name}` : name;
+        if (e.type === 'dir') walk(e.nid, p);
+        else if (e.type === 'file') out.push({ path: p, nid: e.nid, size: reader.getAttr(e.nid).size });
+      }
+    }
+  };
+  walk(reader.rootNid, '');
+  return out;
+}
+
 /** Walks the whole tree from the root; paths are relative ('' = root). */
 export function manifestFromReader(
   reader: ErofsReader,
