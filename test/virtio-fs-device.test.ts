@@ -21,6 +21,32 @@ const AVAIL = 0x3000;
 const USED = 0x4000;
 const QSIZE = 32;
 
+/** Request queue 1 of a virtio-fs device over the fake guest's ring (DESC/AVAIL/USED), started. */
+function startRing(g: FakeGuest, mem: GuestMemory, server: ConstructorParameters<typeof VirtioFsDevice>[0]['server']) {
+  const dev = new VirtioFsDevice({ tag: 'erofs', numRequestQueues: 1, server, log: silentLogger });
+  const q = new VirtQueue(1, silentLogger, (c) => dev.handleChain(c));
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const close = (): void => {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    fs.closeSync(call);
+  };
+  try {
+    q.setSize(QSIZE);
+    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
+    q.setKick(dupFd(kick));
+    q.setCall(dupFd(call));
+    q.enabled = true;
+    q.start();
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return { dev, q, kick, close };
+}
+
 function writeDesc(ram: Buffer, i: number, addr: number, len: number, flags: number, next = 0): void {
   const o = DESC + 16 * i;
   ram.writeBigUInt64LE(BigInt(addr), o);
@@ -112,17 +138,8 @@ test('requests are gathered, replies scattered, completed out of order, and neve
       }
     },
   };
-  const dev = new VirtioFsDevice({ tag: 'erofs', numRequestQueues: 1, server, log: silentLogger });
-  const q = new VirtQueue(1, silentLogger, (c) => dev.handleChain(c));
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const { dev, q, kick, close } = startRing(g, mem, server);
   try {
-    q.setSize(QSIZE);
-    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
-    q.setKick(dupFd(kick));
-    q.setCall(dupFd(call));
-    q.enabled = true;
-    q.start();
     const ram = g.ram;
     // Chain 0: request split 30+11 bytes, reply buffers 16+10+100.
     request(ram, 0x10000, 7, 1);
@@ -196,10 +213,7 @@ test('requests are gathered, replies scattered, completed out of order, and neve
     assert.equal(used(ram).idx, 7, 'no used entry after the stop');
     assert.equal(dev.stats.stale, 1);
   } finally {
-    q.reset();
-    mem.retire();
-    fs.closeSync(kick);
-    fs.closeSync(call);
+    close();
     g.close();
   }
 });
@@ -229,17 +243,8 @@ test('READ data goes straight into the guest buffers: header split over descript
   assert.ok(fileSize > 100_000);
   const g = new FakeGuest(1024 * 1024);
   const mem: GuestMemory = g.memory();
-  const dev = new VirtioFsDevice({ tag: 'erofs', numRequestQueues: 1, server, log: silentLogger });
-  const q = new VirtQueue(1, silentLogger, (c) => dev.handleChain(c));
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const { dev, q, kick, close } = startRing(g, mem, server);
   try {
-    q.setSize(QSIZE);
-    q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
-    q.setKick(dupFd(kick));
-    q.setCall(dupFd(call));
-    q.enabled = true;
-    q.start();
     const ram = g.ram;
     ram.fill(0xee, 0x20000, 0xf0000); // canaries in every reply area
     // Chain 0: 40,000 bytes at 12,345; the out header is split 10 + 6 over two descriptors and the
@@ -298,10 +303,7 @@ test('READ data goes straight into the guest buffers: header split over descript
     assert.equal(dev.stats.placed, 2, 'chains 0 and 8 were placed directly, 11 and 13 took the buffered path');
     assert.equal(dev.inflight, 0);
   } finally {
-    q.reset();
-    mem.retire();
-    fs.closeSync(kick);
-    fs.closeSync(call);
+    close();
     g.close();
     reader.close();
   }
