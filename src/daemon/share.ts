@@ -71,28 +71,6 @@ export class ShareService {
   readonly registry: ShareRegistry;
   readonly images: ImageRegistration[];
   private readonly guests = new Set<ShareGuest>();
-  /** Per image: nid → whether the file's data is stored uncompressed (decided once per file). */
-  private readonly storedPlain = new Map<ImageRegistration, Map<number, boolean>>();
-
-  /** Whether a regular file's data lies uncompressed in its image (no decompression to offload). */
-  isStoredPlain(image: ImageRegistration, nid: number): boolean {
-    let perImage = this.storedPlain.get(image);
-    if (!perImage) {
-      perImage = new Map();
-      this.storedPlain.set(image, perImage);
-    }
-    let plain = perImage.get(nid);
-    if (plain === undefined) {
-      try {
-        plain = image.reader.plainExtents(nid) !== undefined;
-      } catch {
-        plain = false; // corrupt mapping: let the pool's reader report the error
-      }
-      perImage.set(nid, plain);
-    }
-    return plain;
-  }
-
   constructor(images: ShareImage[], readonly opts: ShareServiceOptions) {
     this.registry = new ShareRegistry(opts.share);
     const read = opts.read;
@@ -284,7 +262,7 @@ export class ShareGuest {
     // Undefined lets ImageTree read the image in place into the reply buffer: always without a
     // read pool, and for files stored uncompressed, whose read is a copy from the mapped image —
     // a worker hop (and its fresh buffer) costs more than that copy (vhost bench: 4-7x CPU per op).
-    if (!image.read || this.service.isStoredPlain(image, t.nid)) return undefined;
+    if (!image.read || image.reader.storedPlain(t.nid)) return undefined;
     return image.read(t.nid, offset, size);
   }
 

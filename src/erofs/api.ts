@@ -118,6 +118,12 @@ export interface ErofsReader {
   getXattr(nid: number, name: string): Buffer;
   /** Raw value of the superblock-named inode digest xattr (`sha256:` + 32 bytes), if any. */
   fingerprint(nid: number): Buffer | undefined;
+  /**
+   * Whether a regular file's data is stored uncompressed (a read is a copy out of the image, with
+   * no decoding): the per-inode answer, without computing the extents. A hint for choosing a read
+   * path: false for anything else, including an inode that cannot be read (the read reports that).
+   */
+  storedPlain(nid: number): boolean;
   /** Uncompressed on-disk extents of a regular file, or undefined if its data is not plain. */
   plainExtents(nid: number): PlainExtent[] | undefined;
   /** SEEK_DATA / SEEK_HOLE support: the next data/hole offset at or after `offset`. */

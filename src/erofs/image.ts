@@ -318,6 +318,16 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     return getPrefixedXattr(this, ino, this.sb.ishareXattrPrefixId);
   }
 
+  storedPlain(nid: number): boolean {
+    let ino: Inode;
+    try {
+      ino = this.inode(nid);
+    } catch {
+      return false;
+    }
+    return ino.type === 'file' && !isCompressedLayout(ino.datalayout);
+  }
+
   plainExtents(nid: number): PlainExtent[] | undefined {
     const ino = this.inode(nid);
     if (ino.type !== 'file' || isCompressedLayout(ino.datalayout)) return undefined;

@@ -69,8 +69,6 @@ interface Slot {
   limit: number;
   rootNid: number;
   blockSize: number;
-  /** nid → data stored uncompressed (filled on demand by readIntoSegments). */
-  plain: Map<number, boolean>;
 }
 
 /** readIntoSegments: above this many segments, only uncompressed files are read per segment. */
@@ -142,7 +140,7 @@ export class ImageTree implements FuseFilesystem {
       const bytes = sb.blocks * sb.blockSize;
       let limit = Math.floor(bytes / 32) + 1;
       if (!Number.isSafeInteger(limit) || limit <= 0 || base + limit >= DYNAMIC_BASE) limit = 0;
-      const slot: Slot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize, plain: new Map() };
+      const slot: Slot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize };
       base += limit;
       return slot;
     });
@@ -401,7 +399,7 @@ export class ImageTree implements FuseFilesystem {
       if (r !== undefined) return r;
     }
     const reader = slot.reader;
-    if (!reader.readInto || (segments.length > SEGMENTS_PER_CALL && !this.storedPlain(slot, nid))) return reader.read(nid, offset, size);
+    if (!reader.readInto || (segments.length > SEGMENTS_PER_CALL && !reader.storedPlain(nid))) return reader.read(nid, offset, size);
     let done = 0;
     for (let i = 0; i < segments.length && done < size; i++) {
       const seg = segments[i]!;
@@ -411,20 +409,6 @@ export class ImageTree implements FuseFilesystem {
       if (n < want) break; // end of file
     }
     return done;
-  }
-
-  /** Whether a file's data lies uncompressed in its image (cached per image and nid). */
-  private storedPlain(slot: Slot, nid: number): boolean {
-    let plain = slot.plain.get(nid);
-    if (plain === undefined) {
-      try {
-        plain = slot.reader.plainExtents(nid) !== undefined;
-      } catch {
-        plain = false; // the read itself reports the corruption
-      }
-      slot.plain.set(nid, plain);
-    }
-    return plain;
   }
 
   setupMapping(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void> {

@@ -121,6 +121,11 @@ export class FakeReader implements ErofsReader {
     return undefined;
   }
 
+  /** No image behind the content: nothing is read in place, so reads count as decoded. */
+  storedPlain(): boolean {
+    return false;
+  }
+
   plainExtents(): PlainExtent[] | undefined {
     return undefined;
   }

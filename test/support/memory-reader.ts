@@ -92,6 +92,11 @@ export class MemoryReader implements ErofsReader {
     return this.file(nid).fingerprint;
   }
 
+  storedPlain(nid: number): boolean {
+    const f = this.file(nid);
+    return f.extents !== undefined || f.plain !== undefined;
+  }
+
   plainExtents(nid: number): PlainExtent[] | undefined {
     const f = this.file(nid);
     if (f.extents) return f.extents.map((e) => ({ ...e }));
