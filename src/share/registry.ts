@@ -210,12 +210,7 @@ export class ShareRegistry {
 
   /** A file as a content source: reads through the read pool if any; readPlain when stored uncompressed. */
   private holder(image: ImageRegistration, nid: number): Holder {
-    let plain = false;
-    try {
-      plain = image.reader.plainExtents(nid) !== undefined;
-    } catch {
-      plain = false; // corrupt mapping: reads report it
-    }
+    const plain = image.reader.storedPlain(nid);
     return {
       image,
       imageId: image.id,
