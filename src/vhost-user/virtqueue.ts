@@ -92,6 +92,8 @@ export class VirtQueue {
   private signalledUsed = 0;
   private signalledValid = false;
   private notifyPending = false;
+  /** The next completion is the first since process() began a turn (see complete()). */
+  private notifyFirstNow = false;
   private processScheduled = false;
   private drainWaiters: (() => void)[] = [];
 
@@ -300,6 +302,7 @@ export class VirtQueue {
     const v = this.views;
     const mem = this.memory;
     let budget = POP_BUDGET;
+    this.notifyFirstNow = true;
     for (;;) {
       let availIdx = Atomics.load(v.availIdx, 1);
       const pending = (availIdx - this.lastAvailIdx) & 0xffff;
@@ -419,7 +422,13 @@ export class VirtQueue {
     this.publishUsed(chain.head, len);
     // A big completion is signalled at once, not at the end of the batch: the driver can consume
     // it while we work on the next chain (the copy of a large reply dwarfs one eventfd write).
-    if (len >= NOTIFY_NOW_BYTES) this.flushNotify();
+    // So is the first completion of a turn: the driver (on another CPU) starts consuming it and
+    // queueing new requests while we handle the rest of the batch, instead of the two sides
+    // taking turns. The rest of the turn is coalesced into one more notification at most.
+    if (len >= NOTIFY_NOW_BYTES || this.notifyFirstNow) {
+      this.notifyFirstNow = false;
+      this.flushNotify();
+    }
     if (this.inflight === MAX_INFLIGHT - 1) this.scheduleProcess();
     if (this.inflight === 0 && this.drainWaiters.length) {
       const w = this.drainWaiters;
