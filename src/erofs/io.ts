@@ -64,46 +64,76 @@ export interface ByteSource {
   read(pos: number, len: number): Buffer;
 }
 
-/** A least-recently-used map whose total value size is bounded in bytes. */
+/**
+ * A map whose total value size is bounded in bytes, evicting what was least recently used, by
+ * generations: entries live in `recent` or `older`. A hit in `recent` is one Map lookup (an exact
+ * LRU moved the entry on every hit: a delete and a set, the reader's top cost per FUSE LOOKUP);
+ * a hit in `older` moves the entry to `recent`. When `recent` reaches half the budget, `older`
+ * (entries not used for a whole generation) is dropped and `recent` becomes `older`.
+ */
 export class LruCache<K> {
-  private map = new Map<K, Buffer>();
-  private bytes = 0;
-  constructor(private readonly maxBytes: number) {}
+  private recent = new Map<K, Buffer>();
+  private older = new Map<K, Buffer>();
+  private recentBytes = 0;
+  private olderBytes = 0;
+  private readonly half: number;
+  constructor(private readonly maxBytes: number) {
+    this.half = Math.floor(maxBytes / 2);
+  }
 
   get(key: K): Buffer | undefined {
-    const v = this.map.get(key);
-    if (v !== undefined) {
-      this.map.delete(key);
-      this.map.set(key, v);
+    const v = this.recent.get(key);
+    if (v !== undefined) return v;
+    const o = this.older.get(key);
+    if (o !== undefined) {
+      this.older.delete(key);
+      this.olderBytes -= o.length;
+      this.insert(key, o);
     }
-    return v;
+    return o;
   }
 
   set(key: K, value: Buffer): void {
-    const old = this.map.get(key);
-    if (old !== undefined) {
-      this.bytes -= old.length;
-      this.map.delete(key);
+    this.delete(key);
+    // Larger than a generation: it would evict everything else at once.
+    if (value.length > this.half) return;
+    this.insert(key, value);
+  }
+
+  private insert(key: K, value: Buffer): void {
+    if (this.recentBytes + value.length > this.half) {
+      this.older = this.recent;
+      this.olderBytes = this.recentBytes;
+      this.recent = new Map();
+      this.recentBytes = 0;
     }
-    if (value.length > this.maxBytes) return;
-    this.map.set(key, value);
-    this.bytes += value.length;
-    while (this.bytes > this.maxBytes) {
-      const first = this.map.keys().next();
-      if (first.done) break;
-      const v = this.map.get(first.value)!;
-      this.map.delete(first.value);
-      this.bytes -= v.length;
+    this.recent.set(key, value);
+    this.recentBytes += value.length;
+  }
+
+  private delete(key: K): void {
+    const v = this.recent.get(key);
+    if (v !== undefined) {
+      this.recent.delete(key);
+      this.recentBytes -= v.length;
+    }
+    const o = this.older.get(key);
+    if (o !== undefined) {
+      this.older.delete(key);
+      this.olderBytes -= o.length;
     }
   }
 
   clear(): void {
-    this.map.clear();
-    this.bytes = 0;
+    this.recent.clear();
+    this.older.clear();
+    this.recentBytes = 0;
+    this.olderBytes = 0;
   }
 
+  /** Bytes held (never more than maxBytes). */
   get size(): number {
-    return this.bytes;
+    return this.recentBytes + this.olderBytes;
   }
 }
 
