@@ -13,6 +13,7 @@ import {
 } from './abi.js';
 import type { AttrOut, DirEntryOut, FuseFilesystem, InitInfo, RequestContext, StatxOut } from './filesystem.js';
 import { FuseError, errnoOf } from './filesystem.js';
+import { replyBytes } from './reply-bytes.js';
 
 export interface FuseLogger {
   debug(obj: object | string, msg?: string): void;
@@ -152,12 +153,16 @@ function dataSegments(dst: readonly Buffer[], want: number): Buffer[] | null {
   return left > 0 ? null : out;
 }
 
-function header(len: number, error: number, unique: Buffer): Buffer {
-  const h = Buffer.allocUnsafe(OUT_HEADER_SIZE);
+/** Writes a fuse_out_header at the start of `h`. */
+function writeHeader(h: Buffer, len: number, error: number, unique: Buffer): Buffer {
   h.writeUInt32LE(len, 0);
   h.writeInt32LE(error, 4);
   unique.copy(h, 8, 0, 8);
   return h;
+}
+
+function header(len: number, error: number, unique: Buffer): Buffer {
+  return writeHeader(replyBytes(OUT_HEADER_SIZE), len, error, unique);
 }
 
 export class FuseServer {
@@ -281,7 +286,7 @@ export class FuseServer {
         if (name.length > 255) return this.err(unique, Errno.ENAMETOOLONG);
         if (!fs.lookup) return this.err(unique, Errno.ENOSYS);
         const e = fs.lookup(ctx, ctx.nodeid, name);
-        return e instanceof Promise ? e.then((v) => this.reply(unique, this.entryBuf(v))) : this.reply(unique, this.entryBuf(e));
+        return e instanceof Promise ? e.then((v) => this.entryReply(unique, v)) : this.entryReply(unique, e);
       }
       case Opcode.GETATTR: {
         let fh: number | undefined;
@@ -293,7 +298,7 @@ export class FuseServer {
         }
         if (!fs.getattr) return this.err(unique, Errno.ENOSYS);
         const a = fs.getattr(ctx, ctx.nodeid, fh);
-        return a instanceof Promise ? a.then((v) => this.reply(unique, this.attrOutBuf(v))) : this.reply(unique, this.attrOutBuf(a));
+        return a instanceof Promise ? a.then((v) => this.attrReply(unique, v)) : this.attrReply(unique, a);
       }
       case Opcode.READ: {
         const dst = hctx?.replyTo;
@@ -437,7 +442,7 @@ export class FuseServer {
       case Opcode.STATFS: {
         if (!fs.statfs) return this.err(unique, Errno.ENOSYS);
         const s = await fs.statfs(ctx, ctx.nodeid);
-        const b = Buffer.alloc(KSTATFS_SIZE);
+        const b = replyBytes(KSTATFS_SIZE);
         writeU64(b, 0, s.blocks);
         writeU64(b, 8, s.bfree);
         writeU64(b, 16, s.bavail);
@@ -498,7 +503,7 @@ export class FuseServer {
         } else {
           return this.err(unique, Errno.EINVAL);
         }
-        const b = Buffer.alloc(LSEEK_OUT_SIZE);
+        const b = replyBytes(LSEEK_OUT_SIZE);
         writeU64(b, 0, result);
         return this.reply(unique, b);
       }
@@ -562,7 +567,7 @@ export class FuseServer {
 
   private sizedReply(unique: Buffer, size: number, value: Buffer): Buffer[] {
     if (size === 0) {
-      const b = Buffer.alloc(GETXATTR_OUT_SIZE);
+      const b = replyBytes(GETXATTR_OUT_SIZE);
       b.writeUInt32LE(value.length, 0);
       return this.reply(unique, b);
     }
@@ -570,23 +575,29 @@ export class FuseServer {
     return this.reply(unique, value);
   }
 
-  private entryBuf(e: import('./abi.js').EntryParams): Buffer {
-    const b = Buffer.alloc(ENTRY_OUT_SIZE);
-    encodeEntryOut(b, 0, e);
-    return this.minor < 9 ? b.subarray(0, COMPAT_ENTRY_OUT_SIZE) : b;
+  /** LOOKUP's reply: header and fuse_entry_out in one buffer (one iovec). */
+  private entryReply(unique: Buffer, e: import('./abi.js').EntryParams): Buffer[] {
+    const n = this.minor < 9 ? COMPAT_ENTRY_OUT_SIZE : ENTRY_OUT_SIZE;
+    const b = replyBytes(OUT_HEADER_SIZE + ENTRY_OUT_SIZE);
+    encodeEntryOut(b, OUT_HEADER_SIZE, e);
+    writeHeader(b, OUT_HEADER_SIZE + n, 0, unique);
+    return [n === ENTRY_OUT_SIZE ? b : b.subarray(0, OUT_HEADER_SIZE + n)];
   }
 
-  private attrOutBuf(a: AttrOut): Buffer {
-    const b = Buffer.alloc(ATTR_OUT_SIZE);
+  /** GETATTR's reply: header and fuse_attr_out in one buffer. */
+  private attrReply(unique: Buffer, a: AttrOut): Buffer[] {
+    const n = this.minor < 9 ? COMPAT_ATTR_OUT_SIZE : ATTR_OUT_SIZE;
+    const b = replyBytes(OUT_HEADER_SIZE + ATTR_OUT_SIZE);
     const [s, ns] = splitTimeout(a.attrTimeout);
-    writeU64(b, 0, s);
-    b.writeUInt32LE(ns, 8);
-    encodeAttr(b, 16, a.attr);
-    return this.minor < 9 ? b.subarray(0, COMPAT_ATTR_OUT_SIZE) : b;
+    writeU64(b, OUT_HEADER_SIZE, s);
+    b.writeUInt32LE(ns, OUT_HEADER_SIZE + 8);
+    encodeAttr(b, OUT_HEADER_SIZE + 16, a.attr);
+    writeHeader(b, OUT_HEADER_SIZE + n, 0, unique);
+    return [n === ATTR_OUT_SIZE ? b : b.subarray(0, OUT_HEADER_SIZE + n)];
   }
 
   private openOutBuf(fh: number, flags: number, backingId: number): Buffer {
-    const b = Buffer.alloc(OPEN_OUT_SIZE);
+    const b = replyBytes(OPEN_OUT_SIZE);
     writeU64(b, 0, fh);
     b.writeUInt32LE(flags >>> 0, 8);
     b.writeInt32LE(backingId | 0, 12);
@@ -594,7 +605,7 @@ export class FuseServer {
   }
 
   private statxOutBuf(sx: StatxOut): Buffer {
-    const b = Buffer.alloc(STATX_OUT_SIZE);
+    const b = replyBytes(STATX_OUT_SIZE);
     const [s, ns] = splitTimeout(sx.attrTimeout);
     writeU64(b, 0, s);
     b.writeUInt32LE(ns, 8);
