@@ -558,8 +558,20 @@ typedef struct {
   napi_env env;
   napi_ref callback;
   napi_ref self;
+  /* One async context for the watch's life (with the watch object as its resource): creating and
+     destroying one per event (an object, a string, init and destroy hooks) cost more than the
+     rest of a wake-up's native work. */
+  napi_async_context actx;
+  int in_callback;
   int closed;
 } fd_watch_t;
+
+static void watch_release_context(fd_watch_t *w) {
+  if (w->actx) {
+    napi_async_destroy(w->env, w->actx);
+    w->actx = NULL;
+  }
+}
 
 static void watch_on_event(uv_poll_t *handle, int status, int events) {
   fd_watch_t *w = handle->data;
@@ -567,7 +579,7 @@ static void watch_on_event(uv_poll_t *handle, int status, int events) {
   napi_env env = w->env;
   napi_handle_scope scope;
   napi_open_handle_scope(env, &scope);
-  napi_value cb, global, argv[2], resource, ctx_name;
+  napi_value cb, global, argv[2];
   napi_get_reference_value(env, w->callback, &cb);
   napi_get_global(env, &global);
   int ev = 0;
@@ -577,13 +589,12 @@ static void watch_on_event(uv_poll_t *handle, int status, int events) {
   argv[0] = make_int(env, ev);
   argv[1] = make_int(env, status < 0 ? -status : 0);
   /* make_callback runs microtasks and reports exceptions through Node's usual path. */
-  napi_async_context actx;
-  napi_create_object(env, &resource);
-  napi_create_string_utf8(env, "erofs-vfsd:fdwatch", NAPI_AUTO_LENGTH, &ctx_name);
-  napi_async_init(env, resource, ctx_name, &actx);
   napi_value result;
-  napi_status st = napi_make_callback(env, actx, global, cb, 2, argv, &result);
-  napi_async_destroy(env, actx);
+  w->in_callback = 1;
+  napi_status st = napi_make_callback(env, w->actx, global, cb, 2, argv, &result);
+  w->in_callback = 0;
+  /* close() from inside the callback left the context for us to release. */
+  if (w->closed) watch_release_context(w);
   if (st == napi_pending_exception) {
     napi_value exc;
     napi_get_and_clear_last_exception(env, &exc);
@@ -636,6 +647,7 @@ static napi_value js_watch_close(napi_env env, napi_callback_info info) {
   if (!w || w->closed) return NULL;
   w->closed = 1;
   uv_poll_stop(&w->poll);
+  if (!w->in_callback) watch_release_context(w);
   napi_delete_reference(env, w->callback);
   napi_delete_reference(env, w->self);
   uv_close((uv_handle_t *)&w->poll, watch_on_close);
@@ -672,6 +684,9 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
   napi_create_reference(env, argv[2], 1, &w->callback);
   /* The watch keeps its JS object alive until close(), so `this` stays valid in callbacks. */
   napi_create_reference(env, obj, 1, &w->self);
+  napi_value ctx_name;
+  napi_create_string_utf8(env, "erofs-vfsd:fdwatch", NAPI_AUTO_LENGTH, &ctx_name);
+  if (napi_async_init(env, obj, ctx_name, &w->actx) != napi_ok) w->actx = NULL;
   if (ev) {
     r = uv_poll_start(&w->poll, uv_events(ev), watch_on_event);
     if (r < 0) return throw_errno(env, "uv_poll_start", -r);
