@@ -62,6 +62,8 @@ export interface Negotiated {
 }
 
 const PAGE = 4096;
+/** A READDIR reply buffer starts this big and doubles as entries need room. */
+const READDIR_FIRST_BYTES = 4096;
 /** Largest READ/READDIR reply we ever build, whatever a (hostile) request asks for. */
 const MAX_REPLY_DATA = 32 * 1024 * 1024;
 
@@ -638,12 +640,19 @@ export class FuseServer {
 
   private async readdir(ctx: RequestContext, unique: Buffer, fh: number, offset: number, size: number, plus: boolean): Promise<Buffer[]> {
     if (offset < 0) return this.err(unique, Errno.EINVAL);
-    const buf = Buffer.alloc(size);
+    // Grown on demand up to the guest's size: zeroing the full size (often 64 KiB) for a small
+    // directory was most of a READDIRPLUS's CPU.
+    let buf = Buffer.alloc(Math.min(size, READDIR_FIRST_BYTES));
     let used = 0;
     const add = (e: DirEntryOut): boolean => {
       if (e.name.length === 0 || e.name.length > 1024) throw new FuseError(Errno.EIO, 'bad directory entry name');
       const need = plus ? direntPlusSize(e.name.length) : direntSize(e.name.length);
       if (used + need > size) return false;
+      if (used + need > buf.length) {
+        const grown = Buffer.alloc(Math.min(size, Math.max(2 * buf.length, used + need)));
+        buf.copy(grown, 0, 0, used);
+        buf = grown;
+      }
       if (plus) {
         encodeEntryOut(buf, used, e.entry ?? { nodeid: 0, entryTimeout: 0, attrTimeout: 0 });
         encodeDirent(buf, used + ENTRY_OUT_SIZE, e.ino, e.nextOffset, e.type, e.name);
