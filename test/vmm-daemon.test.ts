@@ -79,6 +79,11 @@ test('daemon: single operations and their errors', async () => {
     assert.deepEqual(await c.read(fh, 100_000, 5000), whole.subarray(100_000, 105_000));
     assert.equal((await c.read(fh, whole.length - 3, 4096)).length, 3, 'short read at EOF');
     assert.equal((await c.read(fh, whole.length + 10, 4096)).length, 0, 'read past EOF is empty');
+    // The bench's READ (data left in guest memory) reports the same counts.
+    assert.equal(await c.readCount(fh, 0, 1 << 20), Math.min(1 << 20, whole.length));
+    assert.equal(await c.readCount(fh, 100_000, 5000), 5000);
+    assert.equal(await c.readCount(fh, whole.length - 3, 4096), 3);
+    assert.equal(await c.readCount(fh, whole.length + 10, 4096), 0);
     assert.equal(await c.lseek(fh, 0, 3 /* SEEK_DATA */), 0n);
     assert.equal(await c.lseek(fh, 0, 4 /* SEEK_HOLE */), BigInt(whole.length));
     await c.release(fh);
