@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { REPO_ROOT, SHARED_IMAGES } from '../test/support/paths.js';
+import { compareGuestWalk } from '../test/support/qemu.js';
 import {
   connectTestVmm, startDaemon, startVirtiofsd, unpackImage, type Backend, type TestVmm,
 } from '../test/support/test-vmm/index.js';
@@ -19,8 +20,8 @@ const BIG_SIZE = 64 << 20;
 const SMALL_FILES = 2000;
 
 export interface VhostRow {
-  workload: 'seq-1MiB' | 'rand-4KiB' | 'lookup+getattr' | 'walk plain.erofs';
-  unit: 'MB/s' | 'IOPS' | 'ops/s' | 'walks/s';
+  workload: 'seq-1MiB' | 'rand-4KiB' | 'lookup+getattr' | 'walk plain.erofs' | 'guest walk (QEMU, TCG)';
+  unit: 'MB/s' | 'IOPS' | 'ops/s' | 'walks/s' | 'ms';
   queues: number;
   ours: number;
   virtiofsd: number;
@@ -35,8 +36,10 @@ export interface VhostRow {
 export interface VhostBenchOptions {
   /** Length of one measuring round. Default 400 ms. */
   roundMs?: number;
-  /** Alternating rounds per figure and side (the median is kept). Default 7. */
+  /** Alternating rounds per figure and side (the median is kept). Default 11. */
   rounds?: number;
+  /** QEMU boots per back-end for the guest walk row (0 = skip). Default 3. */
+  guestWalkRounds?: number;
   /** Requests in flight. Default 4. */
   depth?: number;
   queues?: number[];
@@ -283,6 +286,23 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
   const wOurs = await walkRate(() => startDaemon({ images: [plain], logLevel: 'warn' }), 3);
   const wPeer = await walkRate(() => startVirtiofsd({ source: plainTree, cache: 'always' }), 3);
   rows.push({ workload: 'walk plain.erofs', unit: 'walks/s', queues: 1, ours: wOurs, virtiofsd: wPeer, virtiofsdQueues: 1, ratio: wOurs / wPeer });
+  // The guest's own view: wall time of guest-tests' full tree walk in a QEMU guest, one boot per
+  // back-end per round, alternating which boots first. Lower is better, so ratio = virtiofsd's
+  // time / ours like the rates above (> 1: ours is faster).
+  const guestRounds = o.guestWalkRounds ?? 3;
+  let guestNote = '';
+  if (guestRounds > 0) {
+    log(`vhost: guest-tests walk in QEMU, ${guestRounds} boots per back-end`);
+    try {
+      const g = await compareGuestWalk('plain', guestRounds);
+      if (!g.sameManifest) throw new Error('the two back-ends gave different guest manifests');
+      rows.push({ workload: 'guest walk (QEMU, TCG)', unit: 'ms', queues: 1, ours: median(g.erofsVfsdMs), virtiofsd: median(g.virtiofsdMs), virtiofsdQueues: 1, ratio: 1 / g.ratio });
+      guestNote = `guest walk (QEMU 7.2, TCG, fresh back-end per boot): ours ${g.erofsVfsdMs.join(', ')} ms, virtiofsd ${g.virtiofsdMs.join(', ')} ms; ratio = median of per-round virtiofsd/ours (above 1: ours faster)`;
+    } catch (e) {
+      guestNote = `guest walk (QEMU): not measured: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`;
+      log(`vhost: ${guestNote}`);
+    }
+  }
   log('vhost: cross-queue latency during LZMA reads (ours)');
   const hol = await crossQueueLatency();
   const fmt = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
@@ -298,6 +318,7 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
     'the front-end is a single-threaded Node process: at high rates it, not the back-end, can be the limit (same for both)',
     'READ replies are checked but their data is left in guest memory, as a guest page cache receives it: copying every 1 MiB reply out cost the front-end ~1 ms of CPU, ten times either back-end, and the sequential figure measured that copy',
     'back-end CPU µs/op: utime+stime of the back-end process tree over all rounds divided by operations (stable on a busy machine)',
+    ...(guestNote ? [guestNote] : []),
     `ours, head-of-line blocking: GETATTR on queue 2 while queue 1 reads 1 MiB of an LZMA file (${fmt(hol.readMs)} ms): median ${fmt(hol.getattrMedianMs, 1)} ms, max ${fmt(hol.getattrMaxMs, 1)} ms`,
   ];
   return { rows, notes, markdown, crossQueue: hol };
