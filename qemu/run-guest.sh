@@ -42,8 +42,9 @@ if [ -s "$GUEST/vmlinux" ] && [ "${GUEST_BOOT:-}" != bzimage ]; then KERNEL=$GUE
 # runs; multi-threaded TCG occasionally executes a stale translation of that int3 and the guest
 # dies with "Oops: int3" in sched_clock_cpu (one CI boot in ~15). With the TSC marked unstable on
 # the command line, sched_clock is never marked stable and nothing is patched (the clocksource
-# becomes hpet; walk times are unchanged).
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16); ACCEL_KARGS="tsc=unstable"; fi
+# becomes hpet; walk times are unchanged). +rdrand with random.trust_cpu=on, likewise: the RNG is
+# seeded at 0 s instead of late (one CI guest died patching the crng_is_ready key at ~14 s).
+if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16,+rdrand); ACCEL_KARGS="tsc=unstable random.trust_cpu=on"; fi
 args=(
   qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
   -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem

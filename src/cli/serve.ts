@@ -328,10 +328,11 @@ function kvmUsable(): boolean {
 export function sampleQemuCommand(socket: string, tag: string, numRequestQueues: number): string {
   const nrq = numRequestQueues > 1 ? `,num-request-queues=${numRequestQueues}` : '';
   // Under TCG, Debian 12's QEMU 7.2 needs CMPXCHG16B hidden for 6.x guests (see qemu/README.md).
-  // And tsc=unstable, so the guest never live-patches its sched_clock key under multi-threaded TCG.
+  // And tsc=unstable plus an RDRAND-seeded RNG, so the guest does not live-patch its sched_clock
+  // and crng static keys while its other vCPU runs under multi-threaded TCG.
   const kvm = kvmUsable();
-  const accel = kvm ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16';
-  const kargs = kvm ? 'console=ttyS0' : 'console=ttyS0 tsc=unstable';
+  const accel = kvm ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16,+rdrand';
+  const kargs = kvm ? 'console=ttyS0' : 'console=ttyS0 tsc=unstable random.trust_cpu=on';
   const guest = path.join(REPO_ROOT, '.cache/guest');
   const haveGuest = fs.existsSync(path.join(guest, 'vmlinuz')) && fs.existsSync(path.join(guest, 'initramfs.gz'));
   const kernel = haveGuest
