@@ -402,11 +402,20 @@ static napi_value js_munmap(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static int region_range(napi_env env, napi_value ab, napi_value voff, napi_value vlen, mapping_t **m, int64_t *off, int64_t *len) {
-  if (get_mapping(env, ab, m) || arg_int64(env, voff, off) || arg_int64(env, vlen, len)) return -1;
+/* A page-aligned, non-empty range inside a live mapping; otherwise throws (TypeError for a bad
+   region argument, EINVAL for a bad range, named after `what`) and returns -1. */
+static int region_range(napi_env env, const char *what, napi_value ab, napi_value voff, napi_value vlen, mapping_t **m, int64_t *off, int64_t *len) {
+  if (get_mapping(env, ab, m) || arg_int64(env, voff, off) || arg_int64(env, vlen, len)) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s: region must be a live mapping", what);
+    throw_type(env, msg);
+    return -1;
+  }
   long page = sysconf(_SC_PAGESIZE);
-  if (*off < 0 || *len <= 0 || (uint64_t)*off > (*m)->len || (uint64_t)*len > (*m)->len - (uint64_t)*off) return -2;
-  if (*off % page) return -2;
+  if (*off < 0 || *len <= 0 || (uint64_t)*off > (*m)->len || (uint64_t)*len > (*m)->len - (uint64_t)*off || *off % page) {
+    throw_errno(env, what, EINVAL);
+    return -1;
+  }
   return 0;
 }
 
@@ -417,9 +426,8 @@ static napi_value js_map_fixed(napi_env env, napi_callback_info info) {
   int fd, prot;
   if (get_args(env, info, 6, argv, NULL) || arg_int(env, argv[2], &fd) || arg_int64(env, argv[3], &fdoff) || arg_int(env, argv[5], &prot))
     return throw_type(env, "mapFixed(region, regionOffset, fd, fdOffset, length, prot)");
-  int r = region_range(env, argv[0], argv[1], argv[4], &m, &off, &len);
-  if (r == -1) return throw_type(env, "mapFixed: region must be a live mapping");
-  if (r == -2 || fdoff < 0) return throw_errno(env, "mapFixed", EINVAL);
+  if (region_range(env, "mapFixed", argv[0], argv[1], argv[4], &m, &off, &len)) return NULL;
+  if (fdoff < 0) return throw_errno(env, "mapFixed", EINVAL);
   void *p = mmap((char *)m->addr + off, (size_t)len, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)fdoff);
   if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
   return NULL;
@@ -430,9 +438,7 @@ static napi_value js_unmap_fixed(napi_env env, napi_callback_info info) {
   mapping_t *m;
   int64_t off, len;
   if (get_args(env, info, 3, argv, NULL)) return NULL;
-  int r = region_range(env, argv[0], argv[1], argv[2], &m, &off, &len);
-  if (r == -1) return throw_type(env, "unmapFixed: region must be a live mapping");
-  if (r == -2) return throw_errno(env, "unmapFixed", EINVAL);
+  if (region_range(env, "unmapFixed", argv[0], argv[1], argv[2], &m, &off, &len)) return NULL;
   void *p = mmap((char *)m->addr + off, (size_t)len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
   if (p == MAP_FAILED) return throw_errno(env, "mmap", errno);
   return NULL;
@@ -444,9 +450,7 @@ static napi_value js_madvise(napi_env env, napi_callback_info info) {
   int64_t off, len;
   int advice;
   if (get_args(env, info, 4, argv, NULL) || arg_int(env, argv[3], &advice)) return throw_type(env, "madvise(region, offset, length, advice)");
-  int r = region_range(env, argv[0], argv[1], argv[2], &m, &off, &len);
-  if (r == -1) return throw_type(env, "madvise: region must be a live mapping");
-  if (r == -2) return throw_errno(env, "madvise", EINVAL);
+  if (region_range(env, "madvise", argv[0], argv[1], argv[2], &m, &off, &len)) return NULL;
   if (madvise((char *)m->addr + off, (size_t)len, advice) < 0) return throw_errno(env, "madvise", errno);
   return NULL;
 }
@@ -459,9 +463,7 @@ static napi_value js_mincore(napi_env env, napi_callback_info info) {
   mapping_t *m;
   int64_t off, len;
   if (get_args(env, info, 3, argv, NULL)) return NULL;
-  int r = region_range(env, argv[0], argv[1], argv[2], &m, &off, &len);
-  if (r == -1) return throw_type(env, "mincore: region must be a live mapping");
-  if (r == -2) return throw_errno(env, "mincore", EINVAL);
+  if (region_range(env, "mincore", argv[0], argv[1], argv[2], &m, &off, &len)) return NULL;
   long page = sysconf(_SC_PAGESIZE);
   size_t pages = ((size_t)len + (size_t)page - 1) / (size_t)page;
   void *data;
