@@ -54,8 +54,6 @@ export class Virtqueue {
   /** Number of chains completed (used entries consumed). */
   completed = 0;
   kicks = 0;
-  /** Wake-ups by the device's call eventfd. */
-  calls = 0;
   /** Chains returned after the driver stopped waiting for them. */
   lateCompletions = 0;
 
@@ -82,7 +80,6 @@ export class Virtqueue {
     if (this.watch || this.closed) return;
     this.watch = native.watch(this.callFd, C.READABLE, () => {
       native.eventfdRead(this.callFd);
-      this.calls++;
       this.drain();
     });
   }
