@@ -6,7 +6,6 @@ import path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from './paths.js';
 import { parseManifest, type Manifest } from './manifest.js';
-import { connectTestVmm } from './test-vmm/index.js';
 
 export const QEMU_CACHE = process.env.EROFS_VFSD_QEMU_CACHE ?? path.join(REPO_ROOT, '.cache/qemu');
 export const GUEST_DIR = process.env.EROFS_VFSD_GUEST_DIR ?? path.join(REPO_ROOT, '.cache/guest');
@@ -317,11 +316,10 @@ export function comparableResults(run: GuestRun, opts: { root?: string; skip?: s
  * For the benchmark: the guest-side wall time of the full tree walk (guest-tests `walk`) over the
  * generated tree, C virtiofsd serving the unpacked tree vs erofs-vfsd serving its plain image,
  * one boot each per round. ratio = median over rounds of erofs-vfsd / virtiofsd (lower is better
- * for erofs-vfsd); sameManifest: every walk hashed the same tree. `warm`: erofs-vfsd has served
- * one walk of the export (through the test VMM) before the guest connects, as a long-running
- * daemon has; otherwise the guest pays for its JIT compilation and heap growth.
+ * for erofs-vfsd); sameManifest: every walk hashed the same tree. Each back-end starts fresh, so
+ * erofs-vfsd's JIT compilation and heap growth fall inside the guest's walk.
  */
-export async function compareGuestWalk(kind: GuestImageKind = 'plain', rounds = 1, warm = false): Promise<{ virtiofsdMs: number[]; erofsVfsdMs: number[]; ratio: number; sameManifest: boolean }> {
+export async function compareGuestWalk(kind: GuestImageKind = 'plain', rounds = 1): Promise<{ virtiofsdMs: number[]; erofsVfsdMs: number[]; ratio: number; sameManifest: boolean }> {
   ensureGuest();
   const tree = guestTree();
   const image = guestImage(kind);
@@ -333,16 +331,8 @@ export async function compareGuestWalk(kind: GuestImageKind = 'plain', rounds = 
     const order = r % 2 === 0 ? (['virtiofsd', 'erofs-vfsd'] as const) : (['erofs-vfsd', 'virtiofsd'] as const);
     for (const which of order) {
       const sock = path.join(QEMU_CACHE, `walk-bench-${which}.sock`);
-      const b = which === 'virtiofsd' ? await startVirtiofsd(tree, sock) : await startErofsVfsd([{ path: image }], sock, warm ? ['--reconnect'] : []);
+      const b = which === 'virtiofsd' ? await startVirtiofsd(tree, sock) : await startErofsVfsd([{ path: image }], sock);
       try {
-        if (warm && which === 'erofs-vfsd') {
-          const t = await connectTestVmm(sock, { requestQueues: 1 });
-          try {
-            await t.client.walk({ concurrency: 4 });
-          } finally {
-            t.close();
-          }
-        }
         const run = await bootGuest(sock, { label: `walk-bench-${which}`, tests: ['walk'] });
         const walk = run.byTest.get('walk')?.[0];
         if (!walk?.ok || typeof walk.ms !== 'number') throw new Error(`${which}: guest walk failed\n${run.console.slice(-2000)}`);
