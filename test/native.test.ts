@@ -162,3 +162,28 @@ test('a mapping larger than one ArrayBuffer can hold is refused with EFBIG, not 
     fs.closeSync(fd);
   }
 });
+
+test('copy moves the same bytes as Buffer.copy, handles overlap and refuses out-of-bounds ranges', () => {
+  const src = Buffer.alloc(3 << 20);
+  for (let i = 0; i < src.length; i += 4) src.writeUInt32LE((i * 2654435761) >>> 0, i);
+  // Bulk (the READ path's size), odd offsets and lengths, and a small copy.
+  for (const [doff, soff, len] of [[0, 0, 1 << 20], [7, 4093, (1 << 20) + 13], [1, 2, 3], [100, 0, 0]] as const) {
+    const want = Buffer.alloc(len + doff + 16, 0xaa);
+    src.copy(want, doff, soff, soff + len);
+    const got = Buffer.alloc(len + doff + 16, 0xaa);
+    native.copy(got, doff, src, soff, len);
+    assert.ok(got.equals(want), `copy(${doff}, ${soff}, ${len})`);
+  }
+  // Overlapping ranges of one buffer behave like memmove.
+  const a = Buffer.from(src.subarray(0, 1 << 20));
+  const b = Buffer.from(a);
+  b.copy(b, 4096, 0, (1 << 20) - 4096);
+  native.copy(a, 4096, a, 0, (1 << 20) - 4096);
+  assert.ok(a.equals(b));
+  const dst = Buffer.alloc(4096);
+  assert.throws(() => native.copy(dst, 1, src, 0, 4096), (e) => isNativeError(e, 'ERANGE'));
+  assert.throws(() => native.copy(dst, 0, src, src.length - 10, 11), (e) => isNativeError(e, 'ERANGE'));
+  assert.throws(() => native.copy(dst, -1, src, 0, 1), (e) => isNativeError(e, 'ERANGE'));
+  assert.throws(() => native.copy(dst, 0, src, 0, -1), (e) => isNativeError(e, 'ERANGE'));
+  assert.throws(() => native.copy(dst, 0, 'x' as unknown as Uint8Array, 0, 1), TypeError);
+});

@@ -10,6 +10,7 @@ interface MmapShim {
   mmap(fd: number, offset: number, length: number, prot: number, flags: number): ArrayBuffer;
   munmap(region: ArrayBuffer): void;
   madvise?(region: ArrayBuffer, offset: number, length: number, advice: number): void;
+  copy?(dst: Uint8Array, dstOffset: number, src: Uint8Array, srcOffset: number, length: number): void;
   constants: { PROT_READ: number; MAP_SHARED: number };
 }
 
@@ -45,6 +46,12 @@ function loadMmap(): MmapShim | null {
 const MMAP_MAX = 2 ** 44;
 const MADV_RANDOM = 1;
 const MADV_WILLNEED = 3;
+/**
+ * Copies from the mapping at least this long use the shim's copy (`rep movsb`): above its L2 size
+ * glibc's memcpy switches to a vector loop that was ~15% slower per 1 MiB READ here. Below it the
+ * two are the same copy.
+ */
+const BULK_COPY_MIN = 256 * 1024;
 /** Granule of Device's "already asked for" bitmap (MADV_WILLNEED), see Device.prefetched. */
 const PREFETCH_GRANULE = 32 * 1024;
 /** Granules asked for ahead of a small sequential read. */
@@ -219,7 +226,8 @@ export class Device {
     }
     if (this.mapping) {
       this.willNeed(pos, len);
-      this.mapping.copy(buf, off, pos, pos + len);
+      if (len >= BULK_COPY_MIN && mmapShim?.copy) mmapShim.copy(buf, off, this.mapping, pos, len);
+      else this.mapping.copy(buf, off, pos, pos + len);
       return;
     }
     let done = 0;

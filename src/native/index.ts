@@ -31,6 +31,8 @@ export interface NativeShim {
   /** Page-cache residency of a mapped range: one byte per page, bit 0 = resident. */
   mincore(region: ArrayBuffer, offset: number, length: number): Uint8Array;
   addressOf(region: ArrayBuffer): bigint;
+  /** Buffer.copy's job (dst[dstOffset..] = src[srcOffset..], `length` bytes), faster for bulk copies; ERANGE when out of bounds. */
+  copy(dst: Uint8Array, dstOffset: number, src: Uint8Array, srcOffset: number, length: number): void;
   memfdCreate(name: string, flags: number): number;
   ftruncate(fd: number, length: number): void;
   eventfd(initval: number, flags: number): number;
