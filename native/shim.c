@@ -1,6 +1,7 @@
 /*
  * erofs-vfsd native shim: the few syscalls Node does not expose (fd passing over Unix sockets,
- * mmap, memfd, eventfd, fd readiness on the libuv loop, mount). No protocol logic lives here.
+ * mmap, memfd, eventfd, fd readiness on the libuv loop, mount), and a bulk copy for READ data
+ * (see copy_bytes). No protocol logic lives here.
  */
 #include <cpuid.h>
 #include <errno.h>
