@@ -3,7 +3,6 @@
  * mmap, memfd, eventfd, fd readiness on the libuv loop, mount), and a bulk copy for READ data
  * (see copy_bytes). No protocol logic lives here.
  */
-#include <cpuid.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -17,6 +16,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <node_api.h>
 #include <uv.h>
 
@@ -495,6 +497,7 @@ static napi_value js_address_of(napi_env env, napi_callback_info info) {
  * glibc's memcpy on AMD leaves `rep movsb` for a vector loop; here `rep movsb` copied 1 MiB in
  * 28-63 us against 40-63 for memcpy, and cut the daemon's CPU per 1 MiB READ from ~70 to ~59 us
  * (docs/benchmarks.md). Used only when the CPU advertises ERMS (fast string moves). */
+#if defined(__x86_64__)
 static int have_erms = -1;
 
 static int cpu_has_erms(void) {
@@ -504,6 +507,7 @@ static int cpu_has_erms(void) {
   }
   return have_erms;
 }
+#endif
 
 static void copy_bytes(uint8_t *dst, const uint8_t *src, size_t n) {
 #if defined(__x86_64__)
