@@ -333,6 +333,56 @@ test('virtqueue: kick → handler; used element before index; call; bad chains d
   }
 });
 
+test('virtqueue: big completions notify the driver early, two at a time; none is left unsignalled at the end of a turn', async () => {
+  const g = new FakeGuest(MiB);
+  const mem = g.memory();
+  const seen: number[] = [];
+  // Each chain completes synchronously with 64 KiB written, like a 64 KiB READ placed in guest memory.
+  const q = makeQueue(g, mem, (c) => {
+    q.complete(c, c.writableLength);
+    seen.push(q.stats.notifications);
+  });
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const callCopy = dupFd(call);
+  try {
+    q.setKick(dupFd(kick));
+    q.setCall(dupFd(call));
+    q.enabled = true;
+    q.start();
+    for (let i = 0; i < 4; i++) {
+      writeDesc(g.ram, DESC, 2 * i, 0x10000 + 0x100 * i, 16, 1, 2 * i + 1);
+      writeDesc(g.ram, DESC, 2 * i + 1, 0x20000 + 0x10000 * i, 0x10000, 2);
+    }
+    const turn = async (heads: number[]): Promise<void> => {
+      seen.length = 0;
+      for (const h of heads) offer(g.ram, h);
+      native.eventfdWrite(kick, 1);
+      for (let i = 0; i < 200 && seen.length < heads.length; i++) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setImmediate(r));
+    };
+    // One turn, four big completions: the first at once, then the second of each pair; the
+    // fourth (deferred) goes out with the end of the turn.
+    const before = q.stats.notifications;
+    await turn([0, 2, 4, 6]);
+    assert.deepEqual(seen.map((n) => n - before), [1, 1, 2, 2]);
+    assert.equal(q.stats.notifications - before, 3, 'the deferred completion was signalled at the end of the turn');
+    assert.equal(g.ram.readUInt16LE(USED + 2), 4);
+    assert.ok(native.eventfdRead(callCopy)! >= 1n);
+    // A lone big completion (first of its turn) is signalled at once.
+    const mid = q.stats.notifications;
+    await turn([0]);
+    assert.deepEqual(seen.map((n) => n - mid), [1]);
+  } finally {
+    q.reset();
+    mem.retire();
+    fs.closeSync(kick);
+    fs.closeSync(call);
+    fs.closeSync(callCopy);
+    g.close();
+  }
+});
+
 function countFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
 }

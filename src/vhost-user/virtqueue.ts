@@ -26,8 +26,10 @@ const POP_BUDGET = 8;
 export const MAX_INFLIGHT = 128;
 /** High 32 bits of the largest safe-integer address (2^53 - 1). */
 const MAX_SAFE_HI = 0x1f_ffff;
-/** Completions carrying at least this many bytes notify the driver at once (see complete()). */
+/** Completions carrying at least this many bytes are "big": they notify early (see complete()). */
 const NOTIFY_NOW_BYTES = 64 * 1024;
+/** Big completions per early notification (see complete()). */
+const BIG_COMPLETIONS_PER_NOTIFY = 2;
 const RESOLVED = Promise.resolve();
 
 export class ChainError extends Error {
@@ -98,6 +100,7 @@ export class VirtQueue {
   };
   /** The next completion is the first since process() began a turn (see complete()). */
   private notifyFirstNow = false;
+  private bigUnsignalled = 0;
   private processScheduled = false;
   private drainWaiters: (() => void)[] = [];
 
@@ -424,12 +427,15 @@ export class VirtQueue {
     this.inflight--;
     const len = Math.min(Math.max(0, written), chain.writableLength);
     this.publishUsed(chain.head, len);
-    // A big completion is signalled at once, not at the end of the batch: the driver can consume
-    // it while we work on the next chain (the copy of a large reply dwarfs one eventfd write).
-    // So is the first completion of a turn: the driver (on another CPU) starts consuming it and
-    // queueing new requests while we handle the rest of the batch, instead of the two sides
-    // taking turns. The rest of the turn is coalesced into one more notification at most.
-    if (len >= NOTIFY_NOW_BYTES || this.notifyFirstNow) {
+    // The first completion of a turn is signalled at once: the driver (on another CPU) starts
+    // consuming it and queueing new requests while we handle the rest of the batch, instead of
+    // the two sides taking turns. Big completions are signalled early too, in pairs, not one by
+    // one: each notification wakes the driver (~14% of our CPU per 1 MiB READ here), and a pair
+    // still leaves it work to queue while we copy the next; pairs cut our CPU per READ by 7-12%
+    // and one notification per turn starved the driver. A deferred one waits until the next big
+    // completion or the end of the turn (at most POP_BUDGET chains), whose completions are
+    // coalesced into one more notification at most.
+    if (this.notifyFirstNow || (len >= NOTIFY_NOW_BYTES && ++this.bigUnsignalled >= BIG_COMPLETIONS_PER_NOTIFY)) {
       this.notifyFirstNow = false;
       this.flushNotify();
     }
@@ -460,6 +466,7 @@ export class VirtQueue {
 
   private flushNotify(): void {
     this.notifyPending = false;
+    this.bigUnsignalled = 0;
     const v = this.views;
     if (!v || this.callFd < 0) return;
     let need: boolean;
