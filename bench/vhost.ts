@@ -317,7 +317,9 @@ export async function benchVhost(log: (s: string) => void = () => {}, o: VhostBe
       guestNote = `guest walk (QEMU 7.2, TCG, fresh back-end per boot): ours ${g.erofsVfsdMs.join(', ')} ms, virtiofsd ${g.virtiofsdMs.join(', ')} ms; ratio = median of per-round virtiofsd/ours (above 1: ours faster)`;
     } catch (e) {
       guestNote = `guest walk (QEMU): not measured: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`;
-      log(`vhost: ${guestNote}`);
+      // The whole message (guest console and back-end log tails) goes to the log: a failed
+      // guest walk is a bug to chase, not just a missing row.
+      log(`vhost: guest walk (QEMU) failed: ${e instanceof Error ? e.message : String(e)}`);
     }
   }
   log('vhost: cross-queue latency during LZMA reads (ours)');

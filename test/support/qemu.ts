@@ -335,7 +335,9 @@ export async function compareGuestWalk(kind: GuestImageKind = 'plain', rounds = 
       try {
         const run = await bootGuest(sock, { label: `walk-bench-${which}`, tests: ['walk'] });
         const walk = run.byTest.get('walk')?.[0];
-        if (!walk?.ok || typeof walk.ms !== 'number') throw new Error(`${which}: guest walk failed\n${run.console.slice(-2000)}`);
+        if (!walk?.ok || typeof walk.ms !== 'number') {
+          throw new Error(`${which}: guest walk failed\n--- guest console (tail) ---\n${run.console.slice(-3000)}\n--- back-end log (tail) ---\n${b.log().slice(-3000)}`);
+        }
         ms[which].push(walk.ms);
         hashes.add(walk.manifest_sha256);
       } finally {
