@@ -100,6 +100,7 @@ export class VirtQueue {
   };
   /** The next completion is the first since process() began a turn (see complete()). */
   private notifyFirstNow = false;
+  /** Big completions published since the last notification (see complete()). */
   private bigUnsignalled = 0;
   private processScheduled = false;
   private drainWaiters: (() => void)[] = [];
