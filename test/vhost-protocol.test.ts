@@ -74,6 +74,21 @@ function makeQueue(g: FakeGuest, mem: GuestMemory, handler: (c: DescriptorChain)
   return q;
 }
 
+/**
+ * Gives a queue its kick and call eventfds (its own duplicates) and starts it. The test keeps
+ * `kick` to kick with and `callCopy` to read notifications from; closeFds() closes all three.
+ */
+function startWithEventfds(q: VirtQueue): { kick: number; callCopy: number; closeFds(): void } {
+  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const callCopy = dupFd(call);
+  q.setKick(dupFd(kick));
+  q.setCall(dupFd(call));
+  q.enabled = true;
+  q.start();
+  return { kick, callCopy, closeFds: () => [kick, call, callCopy].forEach((fd) => fs.closeSync(fd)) };
+}
+
 test('codec: messages, vring state/addr, mem table, config, SHMEM_MAP and FS_MAP round-trip', () => {
   const m = encodeMessage(Req.SET_VRING_NUM, VERSION | FLAG_NEED_REPLY, encodeVringState({ index: 2, num: 256 }));
   assert.equal(m.length, 20);
@@ -265,14 +280,8 @@ test('virtqueue: kick → handler; used element before index; call; bad chains d
   const mem = g.memory();
   const got: DescriptorChain[] = [];
   const q = makeQueue(g, mem, (c) => got.push(c));
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const callCopy = dupFd(call);
+  const { kick, callCopy, closeFds } = startWithEventfds(q);
   try {
-    q.setKick(dupFd(kick));
-    q.setCall(dupFd(call));
-    q.enabled = true;
-    q.start();
     writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 1);
     writeDesc(g.ram, DESC, 1, 0x12000, 64, 2);
     writeDesc(g.ram, DESC, 2, 0x10000, 8, 1, 2); // loop: dropped
@@ -326,9 +335,7 @@ test('virtqueue: kick → handler; used element before index; call; bad chains d
   } finally {
     q.reset();
     mem.retire();
-    fs.closeSync(kick);
-    fs.closeSync(call);
-    fs.closeSync(callCopy);
+    closeFds();
     g.close();
   }
 });
@@ -342,14 +349,8 @@ test('virtqueue: big completions notify the driver early, two at a time; none is
     q.complete(c, c.writableLength);
     seen.push(q.stats.notifications);
   });
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const callCopy = dupFd(call);
+  const { kick, callCopy, closeFds } = startWithEventfds(q);
   try {
-    q.setKick(dupFd(kick));
-    q.setCall(dupFd(call));
-    q.enabled = true;
-    q.start();
     for (let i = 0; i < 4; i++) {
       writeDesc(g.ram, DESC, 2 * i, 0x10000 + 0x100 * i, 16, 1, 2 * i + 1);
       writeDesc(g.ram, DESC, 2 * i + 1, 0x20000 + 0x10000 * i, 0x10000, 2);
@@ -376,9 +377,7 @@ test('virtqueue: big completions notify the driver early, two at a time; none is
   } finally {
     q.reset();
     mem.retire();
-    fs.closeSync(kick);
-    fs.closeSync(call);
-    fs.closeSync(callCopy);
+    closeFds();
     g.close();
   }
 });
