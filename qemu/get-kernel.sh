@@ -8,18 +8,25 @@
 # the host's apt state is left untouched. Fallback: the host's own apt sources (Debian 12 ships
 # 6.1), where fuse/virtiofs may be modules — they are then copied and loaded by the initramfs.
 #
-# Usage: qemu/get-kernel.sh [OUTDIR]        (default: .cache/guest)
+# With --suite sid: sid's current cloud kernel (Linux 7.x: VIRTIO_FS, FUSE_DAX built in, EROFS
+# with page-cache sharing as a module), verified with the sid chroot's archive keyring
+# (scripts/sid-chroot.sh); the QEMU 11.1 tests boot it.
+#
+# Usage: qemu/get-kernel.sh [--suite backports|sid] [OUTDIR]   (default: backports, .cache/guest)
 # Env:   GUEST_KERNEL_FLAVOUR  cloud-amd64 (default) or amd64
 #        GUEST_KERNEL_NO_BACKPORTS=1  skip bookworm-backports (use the host's sources)
-#        DEBIAN_MIRROR         default http://deb.debian.org/debian
+# The Debian mirror is the one in the machine's apt sources (scripts/apt-mirror.sh).
 # Output: OUTDIR/vmlinuz, OUTDIR/vmlinux (uncompressed ELF, when the kernel supports PVH boot),
 #         OUTDIR/modules/*.ko (uncompressed), OUTDIR/modules.load (load order),
 #         OUTDIR/kernel-version, OUTDIR/config, OUTDIR/source (which apt source it came from).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SUITE=backports
+if [ "${1:-}" = --suite ]; then SUITE=$2; shift 2; fi
+case "$SUITE" in backports|sid) ;; *) echo "get-kernel: --suite backports|sid" >&2; exit 2 ;; esac
 OUT=${1:-.cache/guest}
 FLAVOUR=${GUEST_KERNEL_FLAVOUR:-cloud-amd64}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$(scripts/apt-mirror.sh)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -31,10 +38,18 @@ fi
 APT=$OUT/apt
 mkdir -p "$APT/lists/partial" "$APT/cache/archives/partial" "$APT/dl"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
-echo "deb [signed-by=$KEYRING] $MIRROR bookworm-backports main" >"$APT/sources.list"
+PRIV_SUITE=bookworm-backports
+if [ "$SUITE" = sid ]; then
+  # sid is signed with keys newer than bookworm's keyring: use the sid chroot's.
+  scripts/sid-chroot.sh
+  KEYRING=$(dirname "$(scripts/sid-chroot.sh --print-bin)")/root/usr/share/keyrings/debian-archive-keyring.gpg
+  PRIV_SUITE=sid
+fi
+echo "deb [signed-by=$KEYRING] $MIRROR $PRIV_SUITE main" >"$APT/sources.list"
+# A registry serving a snapshot of sid may carry a Release file past its Valid-Until date.
 PRIV=(-o "Dir::Etc::sourcelist=$APT/sources.list" -o "Dir::Etc::sourceparts=-"
       -o "Dir::State::Lists=$APT/lists" -o "Dir::Cache=$APT/cache"
-      -o "APT::Sandbox::User=root" -o "Debug::NoLocking=1")
+      -o "APT::Sandbox::User=root" -o "Debug::NoLocking=1" -o "Acquire::Check-Valid-Until=false")
 HOST=(-o "APT::Sandbox::User=root")
 
 # Resolve the metapackage (linux-image-FLAVOUR) to the concrete image package.
@@ -44,7 +59,12 @@ resolve() { # apt-opts... -> prints package name
 }
 
 pkg="" ; source=""
-if [ -z "${GUEST_KERNEL_NO_BACKPORTS:-}" ] &&
+if [ "$SUITE" = sid ]; then
+  apt-get "${PRIV[@]}" -qq update >"$APT/update.log" 2>&1 || { tail -n 5 "$APT/update.log" >&2; exit 1; }
+  pkg=$(resolve "${PRIV[@]}")
+  [ -n "$pkg" ] || { echo "get-kernel: cannot resolve linux-image-$FLAVOUR in sid" >&2; exit 1; }
+  source=sid; OPTS=("${PRIV[@]}")
+elif [ -z "${GUEST_KERNEL_NO_BACKPORTS:-}" ] &&
    apt-get "${PRIV[@]}" -qq update >"$APT/update.log" 2>&1; then
   pkg=$(resolve "${PRIV[@]}")
   [ -n "$pkg" ] && source="bookworm-backports" && OPTS=("${PRIV[@]}")
@@ -63,16 +83,26 @@ if [ -z "$pkg" ]; then
 fi
 echo "get-kernel: downloading $pkg from $source" >&2
 
+# Newer Debian kernels split the image package into linux-binary-* (vmlinuz, config) and
+# linux-modules-* (modules) and linux-base-* (config): fetch those too when the image package depends on them.
+parts=("$pkg")
+for p in $(apt-cache "${OPTS[@]}" depends "$pkg" 2>/dev/null | sed -n 's/^ *Depends: \(linux-\(binary\|modules\|base\)-[0-9][^ ]*\).*/\1/p'); do parts+=("$p"); done
 rm -f "$APT/dl/"*.deb
-(cd "$APT/dl" && apt-get "${OPTS[@]}" -qq download "$pkg")
-deb=$(ls "$APT/dl/"*.deb | head -n1)
+(cd "$APT/dl" && apt-get "${OPTS[@]}" -qq download "${parts[@]}")
 rm -rf "$OUT/root" && mkdir -p "$OUT/root"
-dpkg-deb -x "$deb" "$OUT/root"
+for deb in "$APT/dl/"*.deb; do dpkg-deb -x "$deb" "$OUT/root"; done
 
-kver=$(ls "$OUT/root/lib/modules" | head -n1)
-cp "$OUT/root/boot/vmlinuz-$kver" "$OUT/vmlinuz"
-cp "$OUT/root/boot/config-$kver" "$OUT/config"
-MODDIR=$OUT/root/lib/modules/$kver
+MODROOT=$OUT/root/lib/modules
+[ -d "$MODROOT" ] || MODROOT=$OUT/root/usr/lib/modules
+kver=$(ls "$MODROOT" | head -n1)
+MODDIR=$MODROOT/$kver
+if [ -f "$OUT/root/boot/vmlinuz-$kver" ]; then
+  cp "$OUT/root/boot/vmlinuz-$kver" "$OUT/vmlinuz"
+  cp "$OUT/root/boot/config-$kver" "$OUT/config"
+else
+  cp "$MODDIR/vmlinuz" "$OUT/vmlinuz"
+  cp "$MODDIR/config" "$OUT/config"
+fi
 
 # Modules the guest wants, in dependency order. Built-in ones are skipped (modules.builtin).
 WANT=(virtio_pci fuse virtiofs virtio_blk erofs)

@@ -5,13 +5,20 @@
 #
 # Usage: qemu/run-guest.sh --socket SOCKET [--tag TAG] [--out OUT.img] [--queues N]
 #                          [--mem 512M] [--smp 2] [--guest DIR] [--timeout SECONDS]
+#                          [--qemu BIN] [--device fs|test-device]
 #                          [--print] [--allow-reboot] [-- extra kernel command line words (gt.tests=…, gt.root=…)]
-# KVM is used when /dev/kvm is usable, TCG otherwise (-cpu qemu64,-cx16: see qemu/README.md). Guest RAM is a shared memfd
-# (memory-backend-memfd,share=on + a NUMA node), which vhost-user requires.
+# The accelerator comes from qemu/accel.sh (a real KVM probe, cached; EROFS_VFSD_ACCEL=kvm|tcg
+# forces it) and is printed on stderr as `run-guest: accel=…`. Under TCG: -cpu qemu64,-cx16
+# (see qemu/README.md). Guest RAM is a shared memfd (memory-backend-memfd,share=on + a NUMA
+# node), which vhost-user requires.
+# --device fs: vhost-user-fs-pci (no DAX window in any upstream QEMU); --device test-device:
+# QEMU >= 11.1's vhost-user-test-device-pci as a virtio-fs device (virtio-id 26), whose
+# shared-memory BAR (the DAX window) is sized by the back-end's GET_SHMEM_CONFIG reply.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 GUEST=$here/../.cache/guest
 SOCK=""; TAG=erofs; OUT=""; QUEUES=1; MEM=512M; SMP=2; TIMEOUT=600; PRINT=""; NOREBOOT=-no-reboot
+QEMU=${EROFS_VFSD_QEMU:-qemu-system-x86_64}; DEVICE=fs
 while [ $# -gt 0 ]; do
   case "$1" in
     --socket) SOCK=$2; shift 2 ;;
@@ -22,6 +29,8 @@ while [ $# -gt 0 ]; do
     --smp) SMP=$2; shift 2 ;;
     --guest) GUEST=$2; shift 2 ;;
     --timeout) TIMEOUT=$2; shift 2 ;;
+    --qemu) QEMU=$2; shift 2 ;;
+    --device) DEVICE=$2; shift 2 ;;
     --print) PRINT=1; shift ;;
     --allow-reboot) NOREBOOT=""; shift ;;
     --) shift; break ;;
@@ -44,13 +53,22 @@ if [ -s "$GUEST/vmlinux" ] && [ "${GUEST_BOOT:-}" != bzimage ]; then KERNEL=$GUE
 # the command line, sched_clock is never marked stable and nothing is patched (the clocksource
 # becomes hpet; walk times are unchanged). +rdrand with random.trust_cpu=on, likewise: the RNG is
 # seeded at 0 s instead of late (one CI guest died patching the crng_is_ready key at ~14 s).
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16,+rdrand); ACCEL_KARGS="tsc=unstable random.trust_cpu=on"; fi
+accel=$("$here/accel.sh" --qemu "$QEMU" --guest "$GUEST")
+echo "run-guest: accel=$accel" >&2
+if [ "$accel" = kvm ]; then ACCEL=(-accel kvm -cpu host); ACCEL_KARGS=""; else ACCEL=(-accel tcg,thread=multi -cpu qemu64,-cx16,+rdrand); ACCEL_KARGS="tsc=unstable random.trust_cpu=on"; fi
+case "$DEVICE" in
+  fs) FSDEV="vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES" ;;
+  # The tag and queue count come from the back-end's GET_CONFIG (virtio-fs config: tag[36] +
+  # le32 num_request_queues = 40 bytes); num_vqs counts the high-priority queue too.
+  test-device) FSDEV="vhost-user-test-device-pci,chardev=vfs0,virtio-id=26,num_vqs=$((QUEUES + 1)),vq_size=1024,config_size=40" ;;
+  *) echo "run-guest: --device fs|test-device" >&2; exit 2 ;;
+esac
 args=(
-  qemu-system-x86_64 "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
+  "$QEMU" "${ACCEL[@]}" -machine q35 -smp "$SMP" -m "$MEM"
   -object "memory-backend-memfd,id=mem,size=$MEM,share=on" -numa node,memdev=mem
   -nographic -nodefaults ${NOREBOOT} -serial stdio -monitor none
   -chardev "socket,id=vfs0,path=$SOCK"
-  -device "vhost-user-fs-pci,chardev=vfs0,tag=$TAG,num-request-queues=$QUEUES"
+  -device "$FSDEV"
   -kernel "$KERNEL" -initrd "$GUEST/initramfs.gz"
   -append "console=ttyS0 quiet panic=-1 $ACCEL_KARGS gt.tag=$TAG $*"
 )

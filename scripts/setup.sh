@@ -10,9 +10,11 @@ cd "$(dirname "$0")/.."
 #  qemu-system-common, virtiofsd  the C/Rust reference back-ends compared against
 #  attr, acl        xattrs and ACLs in generated test trees        lz4, zstd        reference compressors
 #  python3          xattr/seek helpers in tests                   g++, make        node-gyp for the addon
+#  debootstrap      the Debian sid chroot (scripts/sid-chroot.sh): QEMU 11.1, Rust virtiofsd 1.14,
+#                   erofs-utils 1.9, sid's kernel headers
 APT_PACKAGES=(
   erofs-utils qemu-system-x86 qemu-system-common busybox-static cpio xz-utils
-  attr acl lz4 zstd python3 g++ make ca-certificates
+  attr acl lz4 zstd python3 g++ make ca-certificates debootstrap
 )
 if apt-cache show virtiofsd >/dev/null 2>&1; then APT_PACKAGES+=(virtiofsd); fi
 
@@ -30,6 +32,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends virtiofsd >/dev/null
   fi
 fi
+
+# QEMU 11.1 (the DAX window), Rust virtiofsd 1.14 and erofs-utils 1.9 come from Debian sid.
+scripts/sid-chroot.sh
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 20 ]; then

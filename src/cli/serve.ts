@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import type { Argv } from 'yargs';
 import { openImage, type ErofsReader } from '../erofs/index.js';
 import { FuseServer } from '../fuse/server.js';
@@ -315,13 +316,15 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
   };
 }
 
-function kvmUsable(): boolean {
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
+/**
+ * qemu/accel.sh's verdict (a cached boot probe: a read-write /dev/kvm may still be unable to run
+ * a guest) and why, for the printed command line.
+ */
+function probeAccel(): { accel: 'kvm' | 'tcg'; why: string } {
+  const r = spawnSync(path.join(REPO_ROOT, 'qemu/accel.sh'), [], { encoding: 'utf8' });
+  const accel = r.stdout?.trim() === 'kvm' ? 'kvm' : 'tcg';
+  const why = (r.stderr ?? '').trim().split('\n').pop()?.replace(/^accel: /, '') || 'probe failed';
+  return { accel, why };
 }
 
 /** A ready-to-paste QEMU command line attaching a VM to `socket`. */
@@ -330,7 +333,8 @@ export function sampleQemuCommand(socket: string, tag: string, numRequestQueues:
   // Under TCG, Debian 12's QEMU 7.2 needs CMPXCHG16B hidden for 6.x guests (see qemu/README.md).
   // And tsc=unstable plus an RDRAND-seeded RNG, so the guest does not live-patch its sched_clock
   // and crng static keys while its other vCPU runs under multi-threaded TCG.
-  const kvm = kvmUsable();
+  const probe = probeAccel();
+  const kvm = probe.accel === 'kvm';
   const accel = kvm ? '-accel kvm -cpu host' : '-accel tcg -cpu qemu64,-cx16,+rdrand';
   const kargs = kvm ? 'console=ttyS0' : 'console=ttyS0 tsc=unstable random.trust_cpu=on';
   const guest = path.join(REPO_ROOT, '.cache/guest');
@@ -339,6 +343,7 @@ export function sampleQemuCommand(socket: string, tag: string, numRequestQueues:
     ? `-kernel ${guest}/vmlinuz -initrd ${guest}/initramfs.gz -append '${kargs} gt.tests=walk gt.shell=1'`
     : `-kernel /path/to/vmlinuz -initrd /path/to/initrd.img -append '${kargs}'`;
   return [
+    `# accelerator: ${probe.why}`,
     `qemu-system-x86_64 -machine q35 ${accel} -smp 2 -m 1G -nographic \\`,
     '  -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\',
     `  -chardev socket,id=vfsd0,path=${socket} \\`,
