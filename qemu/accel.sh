@@ -7,6 +7,8 @@
 #
 # Usage: qemu/accel.sh [--qemu BIN] [--guest DIR] [--refresh]
 # Env:   EROFS_VFSD_ACCEL=kvm|tcg forces the answer (no probe).
+#        EROFS_VFSD_KVM_DEVICE (default /dev/kvm), EROFS_VFSD_ACCEL_CACHE (default .cache/accel),
+#        EROFS_VFSD_KVM_PROBE_SECONDS (default 20): for tests of the probe itself.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 QEMU=${EROFS_VFSD_QEMU:-qemu-system-x86_64}
@@ -27,8 +29,10 @@ case "${EROFS_VFSD_ACCEL:-}" in
   *) echo "accel: EROFS_VFSD_ACCEL must be kvm or tcg, not '${EROFS_VFSD_ACCEL}'" >&2; exit 2 ;;
 esac
 
-if ! [ -r /dev/kvm ] || ! [ -w /dev/kvm ]; then
-  echo "accel: tcg (/dev/kvm is not usable)" >&2; echo tcg; exit 0
+KVM_DEV=${EROFS_VFSD_KVM_DEVICE:-/dev/kvm}
+PROBE_S=${EROFS_VFSD_KVM_PROBE_SECONDS:-20}
+if ! [ -r "$KVM_DEV" ] || ! [ -w "$KVM_DEV" ]; then
+  echo "accel: tcg ($KVM_DEV is not usable)" >&2; echo tcg; exit 0
 fi
 KERNEL=$GUEST/vmlinux
 [ -s "$KERNEL" ] || KERNEL=$GUEST/vmlinuz
@@ -37,8 +41,8 @@ if ! [ -s "$KERNEL" ]; then
 fi
 
 qver=$("$QEMU" --version 2>/dev/null | head -n1)
-key=$(printf '%s\n' "$qver" "$(command -v "$QEMU" || echo "$QEMU")" "$(cat "$GUEST/kernel-version" 2>/dev/null)" "$(uname -r)" "$(stat -c %t:%T /dev/kvm)" | sha256sum | cut -c1-16)
-cache=$here/../.cache/accel/$key
+key=$(printf '%s\n' "$qver" "$(command -v "$QEMU" || echo "$QEMU")" "$(cat "$GUEST/kernel-version" 2>/dev/null)" "$(uname -r)" "$(stat -c %t:%T "$KVM_DEV")" | sha256sum | cut -c1-16)
+cache=${EROFS_VFSD_ACCEL_CACHE:-$here/../.cache/accel}/$key
 if [ -z "$REFRESH" ] && [ -s "$cache" ]; then
   read -r verdict reason <"$cache"
   echo "accel: $verdict (cached probe: $reason)" >&2; echo "$verdict"; exit 0
@@ -48,7 +52,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 start=$(date +%s%N)
 set +e
-timeout --foreground -k 2 20 "$QEMU" -accel kvm -cpu host -machine q35 -m 256M -smp 1 -nographic -nodefaults \
+timeout --foreground -k 2 "$PROBE_S" "$QEMU" -accel kvm -cpu host -machine q35 -m 256M -smp 1 -nographic -nodefaults \
   -no-reboot -serial stdio -monitor none -kernel "$KERNEL" -append 'console=ttyS0 panic=-1 quiet' \
   </dev/null >"$log" 2>&1
 rc=$?
@@ -57,7 +61,7 @@ ms=$(( ($(date +%s%N) - start) / 1000000 ))
 if grep -q 'Kernel panic' "$log"; then
   verdict=kvm; reason="a KVM guest booted to its end in ${ms} ms"
 elif [ $rc = 124 ] || [ $rc = 137 ]; then
-  verdict=tcg; reason="the KVM guest hung (no progress in 20 s)"
+  verdict=tcg; reason="the KVM guest hung (no progress in $PROBE_S s)"
 else
   verdict=tcg; reason="QEMU with KVM failed (exit $rc: $(grep -m1 -iE 'error|assert|fail' "$log" | tr -d '\r' | cut -c1-160))"
 fi
