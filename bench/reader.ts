@@ -16,6 +16,7 @@ import type { ErofsReader } from '../src/erofs/api.js';
 import { REPO_ROOT, SHARED_IMAGES } from '../test/support/paths.js';
 import { loopMount } from '../test/support/loop-mount.js';
 import { regularFiles } from '../test/support/reader-manifest.js';
+import { median, writeMixedFile } from './measure.js';
 
 export const BENCH_DIR = path.join(REPO_ROOT, '.cache/bench');
 const CHUNK = 1 << 20;
@@ -35,10 +36,6 @@ export interface ReaderRow {
   mountRatio: number;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 function listFiles(root: string): string[] {
   const out: string[] = [];
@@ -186,25 +183,7 @@ function buildBigImages(): { name: string; image: string }[] {
   const file = path.join(tree, 'big.bin');
   const size = 256 << 20;
   fs.mkdirSync(tree, { recursive: true });
-  if (!fs.existsSync(file) || fs.statSync(file).size !== size) {
-    const fd = fs.openSync(file, 'w');
-    const block = Buffer.alloc(CHUNK);
-    let x = 0x9e3779b9;
-    for (let off = 0; off < size; off += CHUNK) {
-      for (let i = 0; i < CHUNK; i += 4096) {
-        if ((i >> 12) % 2 === 0) {
-          for (let j = 0; j < 4096; j++) {
-            x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-            block[i + j] = x & 0xff;
-          }
-        } else {
-          block.write(`line ${off + i} of the benchmark file, repeated text compresses well\n`.repeat(64), i, 4096, 'latin1');
-        }
-      }
-      fs.writeSync(fd, block);
-    }
-    fs.closeSync(fd);
-  }
+  if (!fs.existsSync(file) || fs.statSync(file).size !== size) writeMixedFile(file, size);
   const variants: [string, string[]][] = [
     ['plain', []],
     ['lz4', ['-zlz4']],

@@ -1,6 +1,7 @@
 // `npm run bench`: every benchmark, one run, figures as ratios against the peer measured in the
 // same run. Prints Markdown tables (pasted into docs/benchmarks.md) and writes the raw figures
-// to .cache/bench/results.json. `npm run bench -- reader` runs one section.
+// to .cache/bench/results.json. `npm run bench -- reader` runs one section (reader, decompress,
+// vhost, guest, share).
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -8,6 +9,7 @@ import { benchReader, BENCH_DIR } from './reader.js';
 import { benchDecompress, decompressMarkdown } from './decompress.js';
 import { benchVhost } from './vhost.js';
 import { benchShare } from './share.js';
+import { benchGuest } from './guest.js';
 
 type Section = { name: string; run: (log: (s: string) => void) => Promise<{ markdown: string; raw: unknown }> };
 
@@ -48,8 +50,15 @@ const sections: Section[] = [
   {
     name: 'vhost',
     async run(log) {
-      const { rows, notes, markdown } = await benchVhost(log);
-      return { markdown: `${markdown}\n\n${notes.map((n) => `- ${n}`).join('\n')}`, raw: rows };
+      const { rows, coldStart, notes, markdown, versions, crossQueue } = await benchVhost(log);
+      return { markdown: `${markdown}\n\n${notes.map((n) => `- ${n}`).join('\n')}`, raw: { rows, coldStart, versions, crossQueue } };
+    },
+  },
+  {
+    name: 'guest',
+    async run(log) {
+      const { boots, markdown } = await benchGuest(log);
+      return { markdown, raw: boots };
     },
   },
   {

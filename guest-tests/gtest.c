@@ -21,6 +21,14 @@
  *                                    changes nothing (read-only exports only: on a writable
  *                                    export this test really tries to modify DIR)
  *
+ * Timing commands for the benchmark (bench/guest.ts): they measure, they check only that every
+ * byte and entry was there (no hashing: under TCG a SHA-256 of the data would cost more guest
+ * CPU than the I/O being measured). TEST names the result line.
+ *   gtest readtime TEST FILE [LEN]   open + read(2) in 1 MiB chunks up to LEN (default: all)
+ *   gtest partime TEST N FILE        N processes each pread(2) one Nth of FILE in 1 MiB chunks
+ *   gtest walktime TEST read|stat DIR   recursive readdir + lstat of every entry (what `find -ls`
+ *                                    asks of the file system); `read` also reads every regular file
+ *
  * Each command except `manifest` prints exactly one JSON object on stdout (the init script
  * prefixes `GUESTTEST `). Exit status 0 = the test's own checks passed.
  */
@@ -563,6 +571,107 @@ static int cmd_rofs(const char *dir) {
   return ok ? 0 : 1;
 }
 
+/* ---------- timing (benchmark) ---------- */
+static char *chunk_buf(void) {
+  static char *buf;
+  if (!buf) buf = malloc(1 << 20);
+  return buf;
+}
+
+static int cmd_readtime(const char *test, const char *path, long long len) {
+  double t0 = now_ms();
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) { printf("{\"test\":\"%s\",\"ok\":false,\"error\":\"open: %s\"}\n", test, strerror(errno)); return 1; }
+  struct stat st;
+  fstat(fd, &st);
+  long long want = len >= 0 && len < (long long)st.st_size ? len : (long long)st.st_size, got = 0;
+  char *buf = chunk_buf();
+  double first = -1;
+  while (got < want) {
+    size_t n = want - got < (1 << 20) ? (size_t)(want - got) : (size_t)1 << 20;
+    ssize_t r = read(fd, buf, n);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    if (first < 0) first = now_ms() - t0;
+    got += r;
+  }
+  close(fd);
+  double ms = now_ms() - t0;
+  printf("{\"test\":\"%s\",\"ok\":%s,\"bytes\":%lld,\"first_ms\":%.3f,\"ms\":%.3f}\n", test, got == want ? "true" : "false",
+         got, first, ms);
+  return got == want ? 0 : 1;
+}
+
+static int cmd_partime(const char *test, int n, const char *path) {
+  struct stat st;
+  if (n < 1 || n > 64 || stat(path, &st) < 0) { printf("{\"test\":\"%s\",\"ok\":false,\"error\":\"bad arguments\"}\n", test); return 1; }
+  long long size = (long long)st.st_size, part = (size + n - 1) / n;
+  double t0 = now_ms();
+  for (int i = 0; i < n; i++) {
+    if (fork() == 0) {
+      long long off = part * i, end = off + part < size ? off + part : size, got = 0;
+      int fd = open(path, O_RDONLY);
+      char *buf = chunk_buf();
+      while (fd >= 0 && off + got < end) {
+        size_t k = end - off - got < (1 << 20) ? (size_t)(end - off - got) : (size_t)1 << 20;
+        ssize_t r = pread(fd, buf, k, off + got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += r;
+      }
+      _exit(off + got == end ? 0 : 1);
+    }
+  }
+  int ok = 1;
+  for (int i = 0; i < n; i++) { int status; if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) ok = 0; }
+  double ms = now_ms() - t0;
+  printf("{\"test\":\"%s\",\"ok\":%s,\"readers\":%d,\"bytes\":%lld,\"ms\":%.3f}\n", test, ok ? "true" : "false", n, size, ms);
+  return ok ? 0 : 1;
+}
+
+static long long t_entries, t_files, t_bytes, t_errors;
+static void walktime(const char *dir, int read_files) {
+  DIR *d = opendir(dir);
+  if (!d) { t_errors++; return; }
+  struct dirent *de;
+  char full[8192];
+  while ((de = readdir(d))) {
+    if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+    snprintf(full, sizeof full, "%s/%s", dir, de->d_name);
+    struct stat st;
+    if (lstat(full, &st) < 0) { t_errors++; continue; }
+    t_entries++;
+    if (S_ISDIR(st.st_mode)) walktime(full, read_files);
+    else if (S_ISREG(st.st_mode)) {
+      t_files++;
+      if (!read_files) continue;
+      int fd = open(full, O_RDONLY);
+      if (fd < 0) { t_errors++; continue; }
+      long long got = 0;
+      for (;;) {
+        ssize_t r = read(fd, chunk_buf(), 1 << 20);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += r;
+      }
+      close(fd);
+      if (got != (long long)st.st_size) t_errors++;
+      t_bytes += got;
+    }
+  }
+  closedir(d);
+}
+
+static int cmd_walktime(const char *test, const char *mode, const char *dir) {
+  int read_files = !strcmp(mode, "read");
+  double t0 = now_ms();
+  walktime(dir, read_files);
+  double ms = now_ms() - t0;
+  printf("{\"test\":\"%s\",\"ok\":%s,\"mode\":\"%s\",\"entries\":%lld,\"files\":%lld,\"bytes\":%lld,\"errors\":%lld,\"ms\":%.3f}\n",
+         test, t_errors || !t_entries ? "false" : "true", read_files ? "read" : "stat", t_entries, t_files, t_bytes, t_errors, ms);
+  return t_errors ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc >= 4 && !strcmp(argv[1], "manifest")) return cmd_manifest(argv[2], argv[3]);
   if (argc >= 3 && !strcmp(argv[1], "readdir")) return cmd_readdir(argv[2]);
@@ -573,7 +682,11 @@ int main(int argc, char **argv) {
   if (argc >= 3 && !strcmp(argv[1], "xattr")) return cmd_xattr(argv[2]);
   if (argc >= 4 && !strcmp(argv[1], "hardlink")) return cmd_hardlink(argv[2], argv[3]);
   if (argc >= 3 && !strcmp(argv[1], "rofs")) return cmd_rofs(argv[2]);
+  if (argc >= 4 && !strcmp(argv[1], "readtime")) return cmd_readtime(argv[2], argv[3], argc >= 5 ? atoll(argv[4]) : -1);
+  if (argc >= 5 && !strcmp(argv[1], "partime")) return cmd_partime(argv[2], atoi(argv[3]), argv[4]);
+  if (argc >= 5 && !strcmp(argv[1], "walktime")) return cmd_walktime(argv[2], argv[3], argv[4]);
   fprintf(stderr, "usage: gtest manifest ROOT OUT | readdir DIR | mmap FILE | odirect FILE | "
-                  "parallel N FILE... | sha FILE [TEST] | xattr PATH | hardlink A B | rofs DIR\n");
+                  "parallel N FILE... | sha FILE [TEST] | xattr PATH | hardlink A B | rofs DIR | "
+                  "readtime TEST FILE [LEN] | partime TEST N FILE | walktime TEST read|stat DIR\n");
   return 2;
 }

@@ -11,6 +11,8 @@
 #              on a writable export it really tries to modify xattr/)
 #   GT_OUTDIR  where bulk output goes (default /out)
 #   GT_WALK_ROOT  non-empty: the walk starts at $GT_MNT/$GT_ROOT instead of the mount point
+#   GT_BENCH_FILE, GT_BENCH_TREE, GT_BENCH_FIRST  for `bench` (below $R): a large file, a
+#              directory to walk, and a small file whose first 4 KiB are read first
 # The targeted tests use the layout of the generated test tree (test/support/qemu.ts):
 #   dir10k/ (10,000 entries), big/* (large files), xattr/file (several xattrs).
 GT_MNT=${GT_MNT:-/mnt}
@@ -46,6 +48,27 @@ if want parallel; then run parallel parallel 4 "$R"/big/* "$R/files/f0007" "$R/f
 if want xattr; then run xattr xattr "$R/xattr/file"; run xattr xattr "$R/xattr"; fi
 if want hardlink; then run hardlink hardlink "$R/hard/a" "$R/hard/b"; fi
 if want rofs; then run rofs rofs "$R/xattr"; fi
+# bench (not in the default list): timing lines for bench/guest.ts, not checks. Each phase starts
+# from a dropped guest cache; a `GUESTMARK {"phase":…}` line right before it lets the host sample
+# the back-end's CPU time at the phase's edges. The first two phases meet a back-end fresh from
+# its start (time to first byte, the first read walk); the last two repeat the walks on a warm one.
+if want bench; then
+  timed() { # name, gtest command, args... (not "${@:2}": busybox ash slices it wrongly after a shift)
+    name=$1; cmd=$2; shift 2
+    drop
+    echo "GUESTMARK {\"phase\":\"$name\"}"
+    out=$("$GT" "$cmd" "$name" "$@" 2>"$GT_OUTDIR/$name.err")
+    if [ -n "$out" ]; then say "$out"; else say "{\"test\":\"$name\",\"ok\":false,\"error\":\"gtest $cmd gave no output\"}"; fi
+  }
+  timed bench-ttfb readtime "$R/$GT_BENCH_FIRST" 4096
+  timed bench-walk-read-1 walktime read "$R/$GT_BENCH_TREE"
+  timed bench-walk-stat-1 walktime stat "$R/$GT_BENCH_TREE"
+  timed bench-seq-cold readtime "$R/$GT_BENCH_FILE"
+  timed bench-seq-dropped readtime "$R/$GT_BENCH_FILE"
+  timed bench-par2 partime 2 "$R/$GT_BENCH_FILE"
+  timed bench-walk-read-2 walktime read "$R/$GT_BENCH_TREE"
+  timed bench-walk-stat-2 walktime stat "$R/$GT_BENCH_TREE"
+fi
 if want remount; then
   drop
   before=$("$GT" sha "$R/big/rand-3m" remount-before)

@@ -3,7 +3,8 @@
 // images) and one boot that runs every guest test and returns the parsed results.
 import fs from 'node:fs';
 import path from 'node:path';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { REPO_ROOT } from './paths.js';
 import { parseManifest, type Manifest } from './manifest.js';
 
@@ -11,6 +12,12 @@ export const QEMU_CACHE = process.env.EROFS_VFSD_QEMU_CACHE ?? path.join(REPO_RO
 export const GUEST_DIR = process.env.EROFS_VFSD_GUEST_DIR ?? path.join(REPO_ROOT, '.cache/guest');
 export const VIRTIOFSD = process.env.VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
 export const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
+/** Wrappers for the Debian sid tools (scripts/sid-chroot.sh): QEMU 11.1, Rust virtiofsd 1.14, erofs-utils 1.9. */
+export const SID_BIN = path.join(process.env.EROFS_VFSD_SID ?? path.join(REPO_ROOT, '.cache/sid'), 'bin');
+export const QEMU_SID = path.join(SID_BIN, 'qemu-system-x86_64');
+export const RUST_VIRTIOFSD = process.env.EROFS_VFSD_RUST_VIRTIOFSD ?? path.join(SID_BIN, 'virtiofsd');
+/** sid's guest kernel (Linux 7.x), fetched by `qemu/get-kernel.sh --suite sid`. */
+export const SID_GUEST_DIR = process.env.EROFS_VFSD_SID_GUEST_DIR ?? path.join(REPO_ROOT, '.cache/guest-sid');
 
 /** Bump when the generated guest tree changes (images built from it are rebuilt). */
 export const GUEST_TREE_VERSION = 2;
@@ -19,19 +26,49 @@ export const GUEST_TREE_VERSION = 2;
 
 export interface GuestFiles { dir: string; kernel: string; initramfs: string; gtest: string; kernelVersion: string }
 
-function newer(a: string, b: string): boolean {
-  return fs.statSync(a).mtimeMs > fs.statSync(b).mtimeMs;
+export interface GuestSpec {
+  /** Where initramfs.gz and gtest are built and run-guest.sh looks (default GUEST_DIR). */
+  dir?: string;
+  /** Debian suite of the kernel (qemu/get-kernel.sh --suite); default the script's own. */
+  suite?: 'backports' | 'sid';
+  /**
+   * Where the kernel is fetched when it is not `dir`: its files are linked into `dir`, which then
+   * holds an initramfs of its own (a benchmark's guest does not rebuild the tests' initramfs).
+   */
+  kernelDir?: string;
 }
 
-/** Fetches the guest kernel (once) and (re)builds the initramfs when its inputs changed. */
-export function ensureGuest(): GuestFiles {
-  const dir = GUEST_DIR;
-  execFileSync(path.join(REPO_ROOT, 'qemu/get-kernel.sh'), [dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+const INITRAMFS_INPUTS = ['qemu/init', 'qemu/build-initramfs.sh', 'guest-tests/run.sh', 'guest-tests/gtest.c'];
+const KERNEL_FILES = ['vmlinuz', 'vmlinux', 'kernel-version', 'config', 'modules', 'modules.load'];
+
+/**
+ * Fetches the guest kernel (once) and (re)builds the initramfs when its inputs changed. The
+ * inputs are compared by content (a digest kept beside the initramfs), not by mtime: several
+ * checkouts share one .cache, and an initramfs built from another checkout's newer files must
+ * not pass for this one's.
+ */
+export function ensureGuest(spec: GuestSpec = {}): GuestFiles {
+  const dir = spec.dir ?? GUEST_DIR;
+  const kernelDir = spec.kernelDir ?? dir;
+  execFileSync(path.join(REPO_ROOT, 'qemu/get-kernel.sh'), [...(spec.suite ? ['--suite', spec.suite] : []), kernelDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (kernelDir !== dir) {
+    fs.mkdirSync(dir, { recursive: true });
+    for (const f of KERNEL_FILES) {
+      const link = path.join(dir, f);
+      fs.rmSync(link, { force: true });
+      if (fs.existsSync(path.join(kernelDir, f))) fs.symlinkSync(path.resolve(kernelDir, f), link);
+    }
+  }
   const initramfs = path.join(dir, 'initramfs.gz');
-  const inputs = ['qemu/init', 'qemu/build-initramfs.sh', 'guest-tests/run.sh', 'guest-tests/gtest.c']
-    .map((p) => path.join(REPO_ROOT, p));
-  if (!fs.existsSync(initramfs) || !fs.existsSync(path.join(dir, 'gtest')) || inputs.some((p) => newer(p, initramfs))) {
+  const digest = crypto.createHash('sha256');
+  for (const p of INITRAMFS_INPUTS) digest.update(fs.readFileSync(path.join(REPO_ROOT, p)));
+  digest.update(fs.readFileSync(path.join(dir, 'kernel-version')));
+  const want = digest.digest('hex');
+  const stamp = path.join(dir, 'initramfs.inputs');
+  const have = fs.existsSync(stamp) ? fs.readFileSync(stamp, 'utf8').trim() : '';
+  if (!fs.existsSync(initramfs) || !fs.existsSync(path.join(dir, 'gtest')) || have !== want) {
     execFileSync(path.join(REPO_ROOT, 'qemu/build-initramfs.sh'), [dir], { stdio: ['ignore', 'ignore', 'pipe'] });
+    fs.writeFileSync(stamp, `${want}\n`);
   }
   return {
     dir,
@@ -40,6 +77,17 @@ export function ensureGuest(): GuestFiles {
     gtest: path.join(dir, 'gtest'),
     kernelVersion: fs.readFileSync(path.join(dir, 'kernel-version'), 'utf8').trim(),
   };
+}
+
+/** The sid chroot's tools (QEMU 11.1, Rust virtiofsd 1.14, erofs-utils 1.9): built once by scripts/sid-chroot.sh. */
+export function ensureSidTools(): void {
+  execFileSync(path.join(REPO_ROOT, 'scripts/sid-chroot.sh'), [], { stdio: ['ignore', 'ignore', 'pipe'] });
+}
+
+/** First line of `BIN --version` (what a table says it measured). */
+export function toolVersion(bin: string): string {
+  const r = spawnSync(bin, ['--version'], { encoding: 'utf8' });
+  return `${r.stdout ?? ''}${r.stderr ?? ''}`.split('\n')[0]!.trim();
 }
 
 // ---------------------------------------------------------------- guest test tree and images
@@ -169,7 +217,7 @@ function isSocket(p: string): boolean {
   try { return fs.statSync(p).isSocket(); } catch { return false; }
 }
 
-function startProcess(name: string, cmd: string, args: string[], socket: string, ready: (log: string) => boolean): Promise<Backend> {
+function startProcess(name: string, cmd: string, args: string[], socket: string, ready: (log: string) => boolean, leftovers: string[] = []): Promise<Backend> {
   fs.rmSync(socket, { force: true });
   const proc = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
@@ -185,7 +233,7 @@ function startProcess(name: string, cmd: string, args: string[], socket: string,
         await new Promise((r) => proc.once('exit', r));
         clearTimeout(t);
       }
-      fs.rmSync(socket, { force: true });
+      for (const f of [socket, ...leftovers]) fs.rmSync(f, { force: true });
     },
   };
   return waitFor(() => isSocket(socket) && ready(log), 30_000, `${name} start`, proc, () => log).then(() => backend);
@@ -200,6 +248,22 @@ export function startVirtiofsd(source: string, socket: string): Promise<Backend>
     // trusted.* xattrs need CAP_SYS_ADMIN, which virtiofsd drops unless told otherwise
     '-o', 'modcaps=+sys_admin',
   ], socket, () => true);
+}
+
+/**
+ * Rust virtiofsd (1.14 from the sid chroot, scripts/sid-chroot.sh) serving a directory, as users
+ * run it today except `--sandbox none`: we run as root, and its namespace sandbox only changes
+ * how it starts, not how it serves a request. `--xattr` and `+sys_admin` as for C virtiofsd
+ * (trusted.* xattrs visible, as in the kernel's view). Its default thread pool (none: requests
+ * are served on the queue's thread) and seccomp filter are kept.
+ */
+export function startRustVirtiofsd(source: string, socket: string, o: { cache?: 'auto' | 'always' | 'never' | 'metadata'; extraArgs?: string[] } = {}): Promise<Backend> {
+  if (!fs.existsSync(RUST_VIRTIOFSD)) throw new Error(`${RUST_VIRTIOFSD} is missing (scripts/sid-chroot.sh builds the sid chroot with Rust virtiofsd)`);
+  fs.rmSync(`${socket}.pid`, { force: true });
+  return startProcess('rust-virtiofsd', RUST_VIRTIOFSD, [
+    '--shared-dir', source, '--socket-path', socket, '--sandbox', 'none', '--cache', o.cache ?? 'auto',
+    '--xattr', '--modcaps=+sys_admin', '--log-level', 'info', ...(o.extraArgs ?? []),
+  ], socket, (log) => log.includes('Waiting for vhost-user socket connection'), [`${socket}.pid`]);
 }
 
 /** Our daemon (`erofs-vfsd serve`) exporting one image (as the root) or several (named). */
@@ -223,6 +287,8 @@ export interface GuestRun {
   /** host wall time: QEMU start to exit, and QEMU start to the init's first line */
   wallMs: number;
   bootMs?: number;
+  /** the accelerator run-guest.sh chose (`run-guest: accel=…`): kvm or tcg */
+  accel?: string;
 }
 
 /**
@@ -233,6 +299,10 @@ export interface GuestRun {
 export async function bootGuest(socket: string, opts: {
   label: string; tests?: string[]; root?: string; queues?: number; timeoutS?: number; extraArgs?: string[];
   reboot?: boolean; tests2?: string[];
+  /** QEMU binary (default run-guest.sh's: the host's), guest directory (default GUEST_DIR), guest RAM (default 512M) */
+  qemu?: string; guestDir?: string; mem?: string;
+  /** Called with each console line as it arrives, with QEMU's process id (run-guest.sh's: QEMU runs below it). */
+  onLine?: (line: string, pid: number) => void;
 }): Promise<GuestRun> {
   const work = path.join(QEMU_CACHE, 'runs', opts.label);
   fs.rmSync(work, { recursive: true, force: true });
@@ -245,15 +315,22 @@ export async function bootGuest(socket: string, opts: {
   if (opts.root) kargs.push(`gt.root=${opts.root}`);
   if (opts.reboot) kargs.push('gt.reboot=1');
   if (opts.tests2) kargs.push(`gt.tests2=${opts.tests2.join(',')}`);
-  const args = ['--socket', socket, '--out', out, '--guest', GUEST_DIR, '--timeout', String(opts.timeoutS ?? 300),
-    '--queues', String(opts.queues ?? 1), ...(opts.reboot ? ['--allow-reboot'] : []), '--', ...kargs];
+  const args = ['--socket', socket, '--out', out, '--guest', opts.guestDir ?? GUEST_DIR, '--timeout', String(opts.timeoutS ?? 300),
+    '--queues', String(opts.queues ?? 1), ...(opts.reboot ? ['--allow-reboot'] : []),
+    ...(opts.qemu ? ['--qemu', opts.qemu] : []), ...(opts.mem ? ['--mem', opts.mem] : []), '--', ...kargs];
   const t0 = Date.now();
   let bootMs: number | undefined;
   const proc = spawn(path.join(REPO_ROOT, 'qemu/run-guest.sh'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
+  let lineStart = 0;
   const add = (b: Buffer) => {
     text += b.toString('utf8');
     if (bootMs === undefined && text.includes('GUESTTEST')) bootMs = Date.now() - t0;
+    if (!opts.onLine) return;
+    for (let nl = text.indexOf('\n', lineStart); nl >= 0; nl = text.indexOf('\n', lineStart)) {
+      opts.onLine(text.slice(lineStart, nl).replace(/\r$/, ''), proc.pid ?? -1);
+      lineStart = nl + 1;
+    }
   };
   proc.stdout!.on('data', add);
   proc.stderr!.on('data', add);
@@ -286,7 +363,8 @@ export async function bootGuest(socket: string, opts: {
     if (fs.existsSync(m)) manifest = parseManifest(fs.readFileSync(m, 'utf8'));
   } catch { /* no archive: the guest did not get that far; results say why */ }
   fs.rmSync(out, { force: true });
-  return { results, byTest, manifest, console: text, done, wallMs, bootMs };
+  const accel = /run-guest: accel=(\w+)/.exec(text)?.[1];
+  return { results, byTest, manifest, console: text, done, wallMs, bootMs, accel };
 }
 
 /** Prefixes every path of a manifest with `dir/` (for a multi-image export's subdirectories). */
@@ -310,42 +388,4 @@ export function comparableResults(run: GuestRun, opts: { root?: string; skip?: s
       if (opts.root) json = json.split(`/mnt/${opts.root}/`).join('/mnt/');
       return JSON.parse(json) as Record<string, unknown>;
     });
-}
-
-/**
- * For the benchmark: the guest-side wall time of the full tree walk (guest-tests `walk`) over the
- * generated tree, C virtiofsd serving the unpacked tree vs erofs-vfsd serving its plain image,
- * one boot each per round. ratio = median over rounds of erofs-vfsd / virtiofsd (lower is better
- * for erofs-vfsd); sameManifest: every walk hashed the same tree. Each back-end starts fresh, so
- * erofs-vfsd's JIT compilation and heap growth fall inside the guest's walk.
- */
-export async function compareGuestWalk(kind: GuestImageKind = 'plain', rounds = 1): Promise<{ virtiofsdMs: number[]; erofsVfsdMs: number[]; ratio: number; sameManifest: boolean }> {
-  ensureGuest();
-  const tree = guestTree();
-  const image = guestImage(kind);
-  const ms = { virtiofsd: [] as number[], 'erofs-vfsd': [] as number[] };
-  const hashes = new Set<unknown>();
-  const ratios: number[] = [];
-  for (let r = 0; r < rounds; r++) {
-    // Alternate which back-end boots first: TCG's speed drifts between consecutive boots.
-    const order = r % 2 === 0 ? (['virtiofsd', 'erofs-vfsd'] as const) : (['erofs-vfsd', 'virtiofsd'] as const);
-    for (const which of order) {
-      const sock = path.join(QEMU_CACHE, `walk-bench-${which}.sock`);
-      const b = which === 'virtiofsd' ? await startVirtiofsd(tree, sock) : await startErofsVfsd([{ path: image }], sock);
-      try {
-        const run = await bootGuest(sock, { label: `walk-bench-${which}`, tests: ['walk'] });
-        const walk = run.byTest.get('walk')?.[0];
-        if (!walk?.ok || typeof walk.ms !== 'number') {
-          throw new Error(`${which}: guest walk failed\n--- guest console (tail) ---\n${run.console.slice(-3000)}\n--- back-end log (tail) ---\n${b.log().slice(-3000)}`);
-        }
-        ms[which].push(walk.ms);
-        hashes.add(walk.manifest_sha256);
-      } finally {
-        await b.stop();
-      }
-    }
-    ratios.push(ms['erofs-vfsd'][r]! / ms.virtiofsd[r]!);
-  }
-  ratios.sort((a, b) => a - b);
-  return { virtiofsdMs: ms.virtiofsd, erofsVfsdMs: ms['erofs-vfsd'], ratio: ratios[Math.floor(ratios.length / 2)]!, sameManifest: hashes.size === 1 };
 }
