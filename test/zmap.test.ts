@@ -13,8 +13,10 @@ import { execFileSync } from 'node:child_process';
 import zlib from 'node:zlib';
 import { openImage, ErofsError } from '../src/erofs/index.js';
 import type { ErofsReader } from '../src/erofs/index.js';
-import { CompressedFile, PclusterCache, INCOMPAT_LZ4_0PADDING, INCOMPAT_BIG_PCLUSTER } from '../src/erofs/zmap.js';
-import type { CompressedFileContext, ZImageContext } from '../src/erofs/zmap.js';
+import { CompressedFile } from '../src/erofs/zdata.js';
+import type { CompressedFileContext, ZImageContext } from '../src/erofs/zdata.js';
+import { PclusterCache } from '../src/erofs/pcluster.js';
+import { INCOMPAT } from '../src/erofs/format.js';
 import { SHARED_IMAGES, SCRATCH_DIR } from './support/paths.js';
 import { loadManifest } from './support/manifest.js';
 import { rng, sampleData } from './support/corpus.js';
@@ -301,7 +303,7 @@ function memContext(opts: {
   return {
     image: {
       blkszbits: 12,
-      featureIncompat: INCOMPAT_LZ4_0PADDING | INCOMPAT_BIG_PCLUSTER,
+      featureIncompat: INCOMPAT.ZERO_PADDING | INCOMPAT.BIG_PCLUSTER,
       availableAlgorithms: 0,
       algorithmConfigs: [],
       readData: bounded(opts.data),

@@ -79,17 +79,31 @@ export class ErofsError extends Error {
   }
 }
 
+/**
+ * Memory-mapping calls the reader uses to map image files read-only (the project's native
+ * addon, src/native, provides them). Only `mmap` and `munmap` are required.
+ */
+export interface MmapProvider {
+  mmap(fd: number, offset: number, length: number, prot: number, flags: number): ArrayBuffer;
+  munmap(region: ArrayBuffer): void;
+  /** Access-pattern advice (MADV_RANDOM on the mapping, MADV_WILLNEED ahead of reads). */
+  madvise?(region: ArrayBuffer, offset: number, length: number, advice: number): void;
+  /** A bulk copy faster than Buffer.copy for large ranges (dst[dstOffset..] = src[srcOffset..]). */
+  copy?(dst: Uint8Array, dstOffset: number, src: Uint8Array, srcOffset: number, length: number): void;
+  constants: { PROT_READ: number; MAP_SHARED: number };
+}
+
 export interface OpenOptions {
   /** Extra devices (device table order), for chunk-based multi-device images. */
   devices?: string[];
   /** Upper bound for the decompressed-block cache, bytes (default 64 MiB). */
   cacheBytes?: number;
   /**
-   * Map the image files read-only and copy from the mapping (default true; falls back to
-   * pread when the native addon or mmap is unavailable). An image truncated while mapped would
-   * fault: pass false for files that may change underneath.
+   * How image files are read: mapped read-only through this provider and copied from the
+   * mapping; `true` or omitted = the native addon's (src/native), when it loads; `false` = pread.
+   * An image truncated while mapped would fault: pass false for files that may change underneath.
    */
-  mmap?: boolean;
+  mmap?: boolean | MmapProvider;
 }
 
 /** An opened image. All methods are synchronous and bounded; corrupt input throws ErofsError. */

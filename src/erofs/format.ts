@@ -61,6 +61,50 @@ export const INCOMPAT_NAMES: ReadonlyArray<[number, string]> = [
 
 export const COMPRESSION_NAMES = ['lz4', 'lzma', 'deflate', 'zstd'] as const;
 
+/** On-disk compression algorithm ids (Z_EROFS_COMPRESSION_*), index = id. */
+export const COMPRESSION_LZ4 = 0;
+export const COMPRESSION_LZMA = 1;
+
+// ---- compressed inodes (z_erofs_*): map header, lcluster indexes, 48-bit extent records ----
+
+/** The 8-byte z_erofs_map_header sits at round_up(inode + xattrs, 8). */
+export const Z_MAP_HEADER_SIZE = 8;
+export const Z_MAP_HEADER_ALIGN = 8;
+/** Full (8-byte) lcluster indexes start this far after the map header's position. */
+export const Z_FULL_INDEXES_OFFSET = 16;
+export const Z_FULL_INDEX_SIZE = 8;
+/** h_clusterbits bit 7: the whole file is a fragment of the packed inode (63-bit offset). */
+export const Z_FRAGMENT_INODE_BIT = 0x80;
+
+/** h_advise bits. EXTENTS (48-bit layout, full inodes) reuses COMPACTED_2B's bit. */
+export const Z_ADVISE = {
+  COMPACTED_2B: 0x0001,
+  EXTENTS: 0x0001,
+  BIG_PCLUSTER_1: 0x0002,
+  BIG_PCLUSTER_2: 0x0004,
+  INLINE_PCLUSTER: 0x0008,
+  INTERLACED_PCLUSTER: 0x0010,
+  FRAGMENT_PCLUSTER: 0x0020,
+} as const;
+
+/** Lcluster index types (di_advise bits 0-1 / compact type field). */
+export const Z_LCLUSTER_TYPE = { PLAIN: 0, HEAD1: 1, NONHEAD: 2, HEAD2: 3 } as const;
+
+/** HEAD lcluster: this pcluster is a partial (dedupe) reference. */
+export const Z_LI_PARTIAL_REF = 1 << 15;
+/** NONHEAD delta[0]: the value is the pcluster's block count, not a lookback distance. */
+export const Z_LI_D0_CBLKCNT = 1 << 11;
+
+/** Largest encoded pcluster (Z_EROFS_PCLUSTER_MAX_SIZE). */
+export const Z_PCLUSTER_MAX_SIZE = 1024 * 1024;
+/** Largest decoded extent the kernel accepts (Z_EROFS_PCLUSTER_MAX_DSIZE). */
+export const Z_PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024;
+
+/** 48-bit extent records: plen bits. */
+export const Z_EXTENT_PLEN_PARTIAL = 1 << 27;
+export const Z_EXTENT_PLEN_FMT_BIT = 28;
+export const Z_EXTENT_PLEN_MASK = (Z_PCLUSTER_MAX_SIZE << 1) - 1;
+
 /** i_format datalayout values. */
 export const DATALAYOUT = {
   FLAT_PLAIN: 0,
@@ -111,6 +155,14 @@ export const XATTR_PREFIXES: ReadonlyArray<string | undefined> = [
   'lustre.',
   'security.',
 ];
+
+/**
+ * The per-inode xattr name filter (COMPAT.XATTR_FILTER): h_name_filter in the ibody header has
+ * bit xxh32(name after its short prefix, SEED + short index) % BITS set when no xattr of that
+ * name is present. A nonzero superblock xattr_filter_reserved byte disables it.
+ */
+export const XATTR_FILTER_BITS = 32;
+export const XATTR_FILTER_SEED = 0x25bbe08f;
 
 /** Dirent file_type values (FT_*). */
 export const FT_TO_TYPE = [undefined, 'file', 'dir', 'chardev', 'blockdev', 'fifo', 'socket', 'symlink'] as const;

@@ -15,8 +15,8 @@ import type { DirSource } from './dir.js';
 import { getPrefixedXattr, getXattr, listXattrs, loadPrefixes } from './xattr.js';
 import type { LongPrefix, XattrContext } from './xattr.js';
 import { COMPAT, INCOMPAT, SUPER_OFFSET, nidInMetabox } from './format.js';
-import { CompressedReader } from './compressed.js';
-import type { DataSpan } from './zmap.js';
+import { CompressedFiles } from './zdata.js';
+import type { DataSpan } from './readahead.js';
 
 const DEFAULT_CACHE_BYTES = 64 * 1024 * 1024;
 const INODE_CACHE_MAX = 65536;
@@ -43,14 +43,14 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   private dirBlocks!: LruCache<string>;
   private prefixTable?: LongPrefix[];
   private loadingPrefixes = false;
-  private readonly z: CompressedReader;
+  private readonly z: CompressedFiles;
   private metaboxCacheBytes = 0;
   private closed = false;
 
   constructor(readonly path: string, opts: OpenOptions = {}) {
     const cacheBytes = Math.max(1024 * 1024, opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
-    const useMmap = opts.mmap !== false;
-    this.primary = new Device(path, 0, useMmap);
+    const mmap = typeof opts.mmap === 'object' ? opts.mmap : undefined;
+    this.primary = new Device(path, 0, mmap);
     this.extra = [];
     try {
       const metaCache = new LruCache<number>(Math.floor(cacheBytes / 8));
@@ -62,8 +62,8 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       if (given.length && given.length !== this.sb.extraDevices) {
         throw new ErofsError('EINVAL', `image has ${this.sb.extraDevices} extra device(s), ${given.length} given`);
       }
-      for (let i = 0; i < given.length; i++) this.extra.push(new Device(given[i]!, i + 1, useMmap));
-      this.z = new CompressedReader(this, cacheBytes - Math.floor(cacheBytes / 4));
+      for (let i = 0; i < given.length; i++) this.extra.push(new Device(given[i]!, i + 1, mmap));
+      this.z = new CompressedFiles(this, cacheBytes - Math.floor(cacheBytes / 4));
       this.metaboxCacheBytes = Math.floor(cacheBytes / 16);
       this.dirBlocks = new LruCache<string>(Math.floor(cacheBytes / 16));
       this.superblock = summarize(this.sb);

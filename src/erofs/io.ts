@@ -1,48 +1,10 @@
 // Bounded I/O over image files: devices read with fs.readSync, and a byte-bounded LRU page cache
 // for metadata. Every read is checked against the file size; a short or out-of-range read is EIO.
 import fs from 'node:fs';
-import path from 'node:path';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { ErofsError } from './api.js';
+import type { MmapProvider } from './api.js';
 
-interface MmapShim {
-  mmap(fd: number, offset: number, length: number, prot: number, flags: number): ArrayBuffer;
-  munmap(region: ArrayBuffer): void;
-  madvise?(region: ArrayBuffer, offset: number, length: number, advice: number): void;
-  copy?(dst: Uint8Array, dstOffset: number, src: Uint8Array, srcOffset: number, length: number): void;
-  constants: { PROT_READ: number; MAP_SHARED: number };
-}
-
-let mmapShim: MmapShim | null | undefined;
-/**
- * The native addon's mmap, loaded directly (not through src/native, whose import throws when the
- * addon is missing): the reader then falls back to readSync.
- */
-function loadMmap(): MmapShim | null {
-  if (mmapShim !== undefined) return mmapShim;
-  mmapShim = null;
-  try {
-    const require = createRequire(import.meta.url);
-    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-    for (const f of ['build/Release/erofs_vfsd_native.node', 'build/Debug/erofs_vfsd_native.node']) {
-      try {
-        const m = require(path.join(root, f)) as MmapShim;
-        if (typeof m.mmap === 'function' && typeof m.munmap === 'function') {
-          mmapShim = m;
-          break;
-        }
-      } catch {
-        // try the next candidate
-      }
-    }
-  } catch {
-    mmapShim = null;
-  }
-  return mmapShim;
-}
-
-/** Images up to this size are mapped whole (read-only, shared) when the addon is available. */
+/** Images up to this size are mapped whole (read-only, shared) when a provider is given. */
 const MMAP_MAX = 2 ** 44;
 const MADV_RANDOM = 1;
 const MADV_WILLNEED = 3;
@@ -170,7 +132,8 @@ export class Device {
   /** MADV_RANDOM is in effect on the mapping (else the kernel's read-around does the batching). */
   private adviseRandom = false;
 
-  constructor(readonly path: string, readonly index: number, useMmap = true) {
+  /** `mmap`: map the file read-only through this provider; undefined = read with readSync. */
+  constructor(readonly path: string, readonly index: number, private readonly mmap?: MmapProvider) {
     try {
       this.fd = fs.openSync(path, 'r');
     } catch (e) {
@@ -188,26 +151,24 @@ export class Device {
       fs.closeSync(this.fd);
       throw e;
     }
-    if (useMmap && this.size > 0 && this.size <= MMAP_MAX && !process.env.EROFS_VFSD_NO_MMAP) {
-      const shim = loadMmap();
-      if (shim) {
-        try {
-          this.region = shim.mmap(this.fd, 0, this.size, shim.constants.PROT_READ, shim.constants.MAP_SHARED);
-          this.mapping = Buffer.from(this.region);
-          if (shim.madvise) {
-            try {
-              shim.madvise(this.region, 0, this.size, MADV_RANDOM);
-              this.adviseRandom = true;
-              const granules = Math.ceil(this.size / PREFETCH_GRANULE);
-              if (granules <= PREFETCH_MAX_GRANULES) this.prefetched = new Uint8Array(granules);
-            } catch {
-              // advice is optional
-            }
+    if (mmap && this.size > 0 && this.size <= MMAP_MAX && !process.env.EROFS_VFSD_NO_MMAP) {
+      try {
+        this.region = mmap.mmap(this.fd, 0, this.size, mmap.constants.PROT_READ, mmap.constants.MAP_SHARED);
+        this.mapping = Buffer.from(this.region);
+        if (mmap.madvise) {
+          try {
+            mmap.madvise(this.region, 0, this.size, MADV_RANDOM);
+            this.adviseRandom = true;
+            const granules = Math.ceil(this.size / PREFETCH_GRANULE);
+            if (granules <= PREFETCH_MAX_GRANULES) this.prefetched = new Uint8Array(granules);
+          } catch {
+            // advice is optional
           }
-        } catch {
-          this.region = undefined;
-          this.mapping = undefined;
         }
+      } catch {
+        // mapping is an optimisation: fall back to readSync
+        this.region = undefined;
+        this.mapping = undefined;
       }
     }
   }
@@ -226,7 +187,7 @@ export class Device {
     }
     if (this.mapping) {
       this.willNeed(pos, len);
-      if (len >= BULK_COPY_MIN && mmapShim?.copy) mmapShim.copy(buf, off, this.mapping, pos, len);
+      if (len >= BULK_COPY_MIN && this.mmap?.copy) this.mmap.copy(buf, off, this.mapping, pos, len);
       else this.mapping.copy(buf, off, pos, pos + len);
       return;
     }
@@ -274,7 +235,7 @@ export class Device {
 
   private advise(start: number, end: number, advice: number): void {
     try {
-      if (this.region && end > start) loadMmap()?.madvise?.(this.region, start, end - start, advice);
+      if (this.region && end > start) this.mmap?.madvise?.(this.region, start, end - start, advice);
     } catch {
       // advice is optional
     }
@@ -306,7 +267,7 @@ export class Device {
         this.region = undefined;
         this.mapping = undefined;
         try {
-          loadMmap()?.munmap(r);
+          this.mmap?.munmap(r);
         } catch {
           // already gone
         }
