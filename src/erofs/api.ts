@@ -104,6 +104,11 @@ export interface OpenOptions {
    * An image truncated while mapped would fault: pass false for files that may change underneath.
    */
   mmap?: boolean | MmapProvider;
+  /**
+   * Answer getXattr of absent names from the inodes' xattr name filters when the image has them
+   * (default true, as the kernel does); false always parses the xattrs (for comparisons).
+   */
+  xattrNameFilter?: boolean;
 }
 
 /** An opened image. All methods are synchronous and bounded; corrupt input throws ErofsError. */

@@ -46,6 +46,8 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
   private readonly z: CompressedFiles;
   private metaboxCacheBytes = 0;
   private closed = false;
+  /** getXattr uses the inodes' name filters (present, not disabled by the superblock or the caller). */
+  readonly xattrFilter: boolean;
 
   constructor(readonly path: string, opts: OpenOptions = {}) {
     const cacheBytes = Math.max(1024 * 1024, opts.cacheBytes ?? DEFAULT_CACHE_BYTES);
@@ -67,6 +69,9 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       this.metaboxCacheBytes = Math.floor(cacheBytes / 16);
       this.dirBlocks = new LruCache<string>(Math.floor(cacheBytes / 16));
       this.superblock = summarize(this.sb);
+      // A nonzero xattr_filter_reserved means a changed filter format: the kernel ignores it.
+      this.xattrFilter = opts.xattrNameFilter !== false && (this.sb.featureCompat & COMPAT.XATTR_FILTER) !== 0 &&
+        this.sb.xattrFilterReserved === 0;
       this.rootNid = this.sb.rootNid;
       const root = this.inode(this.rootNid);
       if (root.type !== 'dir') throw new ErofsError('EIO', 'root inode is not a directory');

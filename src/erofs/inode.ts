@@ -28,6 +28,8 @@ export interface Inode extends InodeAttr {
   chunkFormat: number;
   chunkBits: number;
   dotOmitted: boolean;
+  /** h_name_filter of the xattr ibody header, read on the first getxattr that uses it. */
+  xattrNameFilter: number | undefined;
 }
 
 export function typeOfMode(mode: number): FileType | undefined {
@@ -151,6 +153,7 @@ export function parseInode(sb: Superblock, src: ByteSource, nid: number): Inode 
   return {
     nid, inMetabox, iloc, isize, xattrIcount, xattrIsize, format, datalayout, mode, type, uid, gid,
     nlink, size, mtimeSec, mtimeNsec, rdev, iU, nbHi, startBlk, chunkFormat, chunkBits, dotOmitted, blocks,
+    xattrNameFilter: undefined,
   };
 }
 

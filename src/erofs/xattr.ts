@@ -6,6 +6,7 @@ import type { Xattr } from './api.js';
 import type { ByteSource } from './io.js';
 import type { Inode } from './inode.js';
 import type { Superblock } from './superblock.js';
+import { filterSaysAbsent, xattrFilterBit } from './xattr-filter.js';
 import {
   COMPAT, XATTR_ENTRY_SIZE, XATTR_IBODY_HEADER_SIZE, XATTR_INDEX, XATTR_LONG_PREFIX,
   XATTR_LONG_PREFIX_MASK, XATTR_PREFIXES,
@@ -21,6 +22,8 @@ export interface XattrContext {
   meta(inMetabox: boolean): ByteSource;
   /** The long prefix table (loaded once by the caller). */
   prefixes(): LongPrefix[];
+  /** Answer getxattr of absent names from the inode's name filter (the image has a valid one). */
+  readonly xattrFilter: boolean;
 }
 
 export interface RawXattr {
@@ -181,10 +184,38 @@ export function listXattrs(ctx: XattrContext, ino: Inode): Xattr[] {
   return out;
 }
 
-/** getxattr(2): the first entry with this full name (inline before shared); ENODATA if none. */
+/**
+ * The ENODATA getxattr throws for an absent name: the common, expected answer (guests ask for
+ * security.capability and ACLs on nearly every exec and open). One shared, frozen instance:
+ * building an Error (its stack trace above all) costs more than the lookup, and neither its
+ * stack nor its message is ever shown (the FUSE layer turns it into the errno).
+ */
+const NO_DATA: ErofsError = Object.freeze(Object.assign(new ErofsError('ENODATA', 'no such xattr'), { stack: 'ErofsError: ENODATA: no such xattr' }));
+
+/** Longest full name we look up (a 255-byte suffix after the longest prefix). */
+const MAX_NAME_BYTES = 255 + 32;
+
+/**
+ * getxattr(2): the first entry with this full name (inline before shared); ENODATA if none.
+ * With the name filter, an absent name is answered from the ibody header alone.
+ */
 export function getXattr(ctx: XattrContext, ino: Inode, name: string): Buffer {
+  if (name.length > MAX_NAME_BYTES || Buffer.byteLength(name, 'utf8') > MAX_NAME_BYTES) {
+    throw new ErofsError('ERANGE', 'xattr name too long');
+  }
+  if (ino.xattrIsize === 0) throw NO_DATA;
+  if (ctx.xattrFilter && ino.xattrIsize > XATTR_IBODY_HEADER_SIZE) {
+    let filter = ino.xattrNameFilter;
+    if (filter === undefined) {
+      const h = ctx.meta(ino.inMetabox).read(ino.iloc + ino.isize, XATTR_IBODY_HEADER_SIZE);
+      // A header that is corrupt otherwise (shared ids beyond the ibody) rules nothing out: the
+      // full parse reports it.
+      filter = XATTR_IBODY_HEADER_SIZE + 4 * h[4]! <= ino.xattrIsize ? h.readUInt32LE(0) : 0;
+      ino.xattrNameFilter = filter;
+    }
+    if (filterSaysAbsent(filter, xattrFilterBit(name))) throw NO_DATA;
+  }
   const want = Buffer.from(name, 'utf8');
-  if (want.length > 255 + 32) throw new ErofsError('ERANGE', 'xattr name too long');
   for (const x of rawXattrs(ctx, ino)) {
     if (!visible(x.baseIndex) || !x.name.equals(want)) continue;
     if (isAcl(x.baseIndex)) {
@@ -194,7 +225,7 @@ export function getXattr(ctx: XattrContext, ino: Inode, name: string): Buffer {
     }
     return x.value;
   }
-  throw new ErofsError('ENODATA', `no xattr ${name}`);
+  throw NO_DATA;
 }
 
 /** Value of the entry stored under long prefix `prefixId` with an empty suffix (hidden or not). */
