@@ -64,6 +64,91 @@ export interface PlainExtent {
   length: number;
 }
 
+/** How one inode is stored (what `dump.erofs --nid` shows, and more). */
+export interface InodeLayout {
+  nid: number;
+  /** On-disk inode core: 32 (compact) or 64 (extended) bytes. */
+  inodeSize: number;
+  /** Bytes of the xattr ibody after the core (0 = no xattrs). */
+  xattrSize: number;
+  /** i_format datalayout: 0 flat plain, 1 compressed full, 2 flat inline, 3 compressed compact, 4 chunk-based. */
+  datalayout: number;
+  layoutName: 'flat-plain' | 'compressed-full' | 'flat-inline' | 'compressed-compact' | 'chunk-based';
+  /** The inode lives in the metabox. */
+  inMetabox: boolean;
+  /**
+   * Bytes the data occupies on disk as erofs-utils counts them: i_size for uncompressed
+   * layouts, the compressed block count × block size for compressed ones.
+   */
+  onDiskSize: number;
+  /** Chunk size of chunk-based files. */
+  chunkSize?: number;
+  /** Lcluster size and declared algorithms of compressed files (lcluster-index layouts). */
+  lclusterSize?: number;
+  /** Where the xattr ibody's name filter says names are absent (undefined: no filter). */
+  xattrNameFilter?: number;
+}
+
+/**
+ * One piece of a file's data map, as the kernel maps it and `dump.erofs -e` lists it:
+ * block-mapped data (plain, chunk, hole) in whole blocks, so the last such extent may end past
+ * EOF; compressed extents in decoded bytes.
+ */
+export interface DataExtent {
+  logical: number;
+  length: number;
+  /**
+   * plain: stored as is; inline: in the inode's metadata block (tail packing); hole: no data;
+   * compressed: a pcluster; fragment: inside the packed inode; chunk: one chunk of a chunk-based file.
+   */
+  kind: 'plain' | 'inline' | 'hole' | 'compressed' | 'fragment' | 'chunk';
+  /** Device index (0 = primary) holding `physical`. */
+  device: number;
+  /** Byte offset in that device (metadata position for inline, packed-inode offset for fragment). */
+  physical: number;
+  /** Encoded bytes on disk (0 for holes and fragments). */
+  physicalLength: number;
+  /** Algorithm of a compressed extent ('lz4', …), or 'plain'/'interlaced' for uncompressed pclusters. */
+  algorithm?: string;
+  /** The pcluster decodes to more than this extent (dedupe reference into a larger one). */
+  partialRef?: boolean;
+}
+
+/** One extra device of the image's device table. */
+export interface DeviceSlotInfo {
+  /** 1-based, the index chunk indexes and dump.erofs use. */
+  index: number;
+  /** The slot's tag (a blob digest or path as mkfs.erofs wrote it). */
+  tag: string;
+  blocks: number;
+  /** First block of this device in the unified address space (0 = not mapped there). */
+  uniaddr: number;
+}
+
+/** Superblock fields beyond the summary, for inspection. */
+export interface SuperblockDetails {
+  metaBlkAddr: number;
+  xattrBlkAddr: number;
+  sbSize: number;
+  packedNid: number;
+  metaboxNid: number;
+  /** lz4_max_distance (images without COMPR_CFGS). */
+  lz4MaxDistance: number;
+  compatNames: string[];
+  incompatNames: string[];
+  /** Oldest upstream Linux version that mounts the image, e.g. "6.4" (undefined: any). */
+  minKernel: string | undefined;
+  devices: DeviceSlotInfo[];
+}
+
+/** An opened image with the layout queries inspection needs. */
+export interface ErofsImageReader extends ErofsReader {
+  readonly details: SuperblockDetails;
+  inodeLayout(nid: number): InodeLayout;
+  /** The data map of a regular file, directory or symlink, from offset 0 to EOF. */
+  extents(nid: number): DataExtent[];
+}
+
 /**
  * Errors raised by the reader carry a POSIX errno name: EIO for corruption, ENOENT, ENOTDIR,
  * EINVAL (bad offset/argument), ENODATA (missing xattr), EOPNOTSUPP (unsupported feature),

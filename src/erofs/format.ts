@@ -60,6 +60,27 @@ export const INCOMPAT_NAMES: ReadonlyArray<[number, string]> = [
 ];
 
 export const COMPRESSION_NAMES = ['lz4', 'lzma', 'deflate', 'zstd'] as const;
+/**
+ * The upstream Linux release that first mounts images using an INCOMPAT feature (what
+ * dump.erofs reports as the required kernel version), as major * 100 + minor.
+ */
+export const INCOMPAT_MIN_KERNEL: ReadonlyArray<[number, number]> = [
+  [INCOMPAT.ZERO_PADDING, 504],
+  [INCOMPAT.COMPR_CFGS, 513],
+  [INCOMPAT.BIG_PCLUSTER, 513],
+  [INCOMPAT.CHUNKED_FILE, 515],
+  [INCOMPAT.DEVICE_TABLE, 516],
+  [INCOMPAT.ZTAILPACKING, 517],
+  [INCOMPAT.FRAGMENTS, 601],
+  [INCOMPAT.DEDUPE, 601],
+  [INCOMPAT.XATTR_PREFIXES, 604],
+  [INCOMPAT.B48BIT, 615],
+  [INCOMPAT.METABOX, 617],
+];
+/** The same for compression algorithms by on-disk id (LZ4 comes with 0padding's 5.4). */
+export const ALGORITHM_MIN_KERNEL: ReadonlyArray<number> = [0, 516, 606, 610];
+
+
 
 /** On-disk compression algorithm ids (Z_EROFS_COMPRESSION_*), index = id. */
 export const COMPRESSION_LZ4 = 0;

@@ -1,10 +1,13 @@
 // An opened EROFS image: ties the superblock, inodes, directories, xattrs and data layouts
 // together behind the ErofsReader interface.
 import { ErofsError } from './api.js';
-import type { DirEntry, ErofsReader, InodeAttr, OpenOptions, PlainExtent, SuperblockSummary, Xattr } from './api.js';
+import type {
+  DataExtent, DirEntry, ErofsImageReader, InodeAttr, InodeLayout, OpenOptions, PlainExtent, SuperblockDetails,
+  SuperblockSummary, Xattr,
+} from './api.js';
 import { CachedSource, Device, LruCache, PAGE_SIZE, devicePageLoader } from './io.js';
 import type { ByteSource } from './io.js';
-import { parseSuperblock, summarize } from './superblock.js';
+import { details, parseSuperblock, summarize } from './superblock.js';
 import type { Superblock } from './superblock.js';
 import { isCompressedLayout, parseInode } from './inode.js';
 import type { Inode } from './inode.js';
@@ -14,7 +17,7 @@ import { lookup as dirLookup, readdir as dirReaddir } from './dir.js';
 import type { DirSource } from './dir.js';
 import { getPrefixedXattr, getXattr, listXattrs, loadPrefixes } from './xattr.js';
 import type { LongPrefix, XattrContext } from './xattr.js';
-import { COMPAT, INCOMPAT, SUPER_OFFSET, nidInMetabox } from './format.js';
+import { COMPAT, COMPRESSION_NAMES, DATALAYOUT, INCOMPAT, SUPER_OFFSET, XATTR_IBODY_HEADER_SIZE, nidInMetabox } from './format.js';
 import { CompressedFiles } from './zdata.js';
 import type { DataSpan } from './readahead.js';
 
@@ -29,9 +32,10 @@ const MAX_LINK = 4095;
 const SPAN_WINDOW = 2 * 1024 * 1024;
 const SPAN_ALIGN = 256 * 1024;
 
-export class ErofsImage implements ErofsReader, DataContext, XattrContext {
+export class ErofsImage implements ErofsImageReader, DataContext, XattrContext {
   readonly sb: Superblock;
   readonly superblock: SuperblockSummary;
+  readonly details: SuperblockDetails;
   readonly rootNid: number;
   private readonly primary: Device;
   private readonly extra: (Device | undefined)[];
@@ -69,6 +73,7 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
       this.metaboxCacheBytes = Math.floor(cacheBytes / 16);
       this.dirBlocks = new LruCache<string>(Math.floor(cacheBytes / 16));
       this.superblock = summarize(this.sb);
+      this.details = details(this.sb);
       // A nonzero xattr_filter_reserved means a changed filter format: the kernel ignores it.
       this.xattrFilter = opts.xattrNameFilter !== false && (this.sb.featureCompat & COMPAT.XATTR_FILTER) !== 0 &&
         this.sb.xattrFilterReserved === 0;
@@ -379,6 +384,76 @@ export class ErofsImage implements ErofsReader, DataContext, XattrContext {
     }
     if (whence === 'hole') return ino.size;
     throw new ErofsError('ENXIO', 'no data after offset');
+  }
+
+  // ---- layout queries (inspection) ----
+
+  inodeLayout(nid: number): InodeLayout {
+    const ino = this.inode(nid);
+    const names = ['flat-plain', 'compressed-full', 'flat-inline', 'compressed-compact', 'chunk-based'] as const;
+    const compressed = isCompressedLayout(ino.datalayout);
+    const out: InodeLayout = {
+      nid,
+      inodeSize: ino.isize,
+      xattrSize: ino.xattrIsize,
+      datalayout: ino.datalayout,
+      layoutName: names[ino.datalayout]!,
+      inMetabox: ino.inMetabox,
+      onDiskSize: compressed ? ino.blocks * 512 : ino.size,
+    };
+    if (ino.datalayout === DATALAYOUT.CHUNK_BASED) out.chunkSize = 2 ** ino.chunkBits;
+    if (compressed) out.lclusterSize = this.z.lclusterSize(ino);
+    if (ino.xattrIsize > XATTR_IBODY_HEADER_SIZE && this.sb.featureCompat & COMPAT.XATTR_FILTER) {
+      out.xattrNameFilter = this.meta(ino.inMetabox).read(ino.iloc + ino.isize, 4).readUInt32LE(0);
+    }
+    return out;
+  }
+
+  extents(nid: number): DataExtent[] {
+    const ino = this.inode(nid);
+    if (ino.type !== 'file' && ino.type !== 'dir' && ino.type !== 'symlink') return [];
+    const out: DataExtent[] = [];
+    if (isCompressedLayout(ino.datalayout)) {
+      const f = this.z.file(ino);
+      for (let pos = 0; pos < ino.size;) {
+        const x = f.mapExtent(pos);
+        const e: DataExtent = {
+          logical: x.logical, length: x.length, kind: x.kind, device: 0,
+          physical: x.physical, physicalLength: x.physicalLength, partialRef: x.partialRef,
+        };
+        if (x.kind !== 'fragment' && x.kind !== 'hole') {
+          e.algorithm = x.format >= 0 ? COMPRESSION_NAMES[x.format] : x.format === -2 ? 'interlaced' : 'plain';
+        }
+        if (x.kind === 'compressed' || x.kind === 'plain') {
+          const m = mapDevice(this, 0, x.physical);
+          e.device = m.device;
+          e.physical = m.physical;
+        }
+        out.push(e);
+        pos = x.logical + x.length;
+      }
+      return out;
+    }
+    // One map call per chunk: the chunk table as stored, not merged. Block-mapped data is
+    // mapped in whole blocks, as the kernel maps it: the last extent may run past EOF.
+    const step = ino.datalayout === DATALAYOUT.CHUNK_BASED ? 2 ** ino.chunkBits : ino.size;
+    const bs = this.sb.blockSize;
+    for (let pos = 0; pos < ino.size;) {
+      const end = Math.min(ino.size, pos + step);
+      for (const x of mapRange(this, ino, pos, end)) {
+        const length = x.inline || x.logical + x.length < ino.size ? x.length : Math.ceil(ino.size / bs) * bs - x.logical;
+        out.push({
+          logical: x.logical,
+          length,
+          kind: !x.mapped ? 'hole' : x.inline ? 'inline' : ino.datalayout === DATALAYOUT.CHUNK_BASED ? 'chunk' : 'plain',
+          device: x.device,
+          physical: x.mapped ? x.physical : 0,
+          physicalLength: x.mapped ? length : 0,
+        });
+      }
+      pos = end;
+    }
+    return out;
   }
 
   close(): void {

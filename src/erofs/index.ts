@@ -1,6 +1,6 @@
 // Entry point of the EROFS reader.
 export * from './api.js';
-import type { ErofsReader, MmapProvider, OpenOptions } from './api.js';
+import type { ErofsImageReader, MmapProvider, OpenOptions } from './api.js';
 import { ErofsImage } from './image.js';
 
 /**
@@ -13,7 +13,7 @@ const nativeMmap: MmapProvider | undefined = await import('../native/index.js').
 );
 
 /** Opens an EROFS image (and its extra devices); throws ErofsError on a bad or unsupported image. */
-export function openImage(path: string, opts: OpenOptions = {}): ErofsReader {
+export function openImage(path: string, opts: OpenOptions = {}): ErofsImageReader {
   const mmap = opts.mmap === false ? false : opts.mmap === undefined || opts.mmap === true ? nativeMmap ?? false : opts.mmap;
   return new ErofsImage(path, { ...opts, mmap });
 }

@@ -1,9 +1,9 @@
 // Superblock parsing: magic, crc32c checksum (SB_CHKSUM), features, 48-bit fields, metabox,
 // compression configurations and the device table.
 import { ErofsError } from './api.js';
-import type { SuperblockSummary } from './api.js';
+import type { SuperblockDetails, SuperblockSummary } from './api.js';
 import {
-  COMPAT, COMPAT_NAMES, COMPRESSION_NAMES, DEVT_SLOT_SIZE, INCOMPAT, INCOMPAT_NAMES, KNOWN_INCOMPAT,
+  ALGORITHM_MIN_KERNEL, COMPAT, COMPAT_NAMES, COMPRESSION_NAMES, INCOMPAT_MIN_KERNEL, DEVT_SLOT_SIZE, INCOMPAT, INCOMPAT_NAMES, KNOWN_INCOMPAT,
   SB_EXTSLOT_SIZE, SUPER_BASE_SIZE, SUPER_MAGIC, SUPER_OFFSET, decodeNid, u64,
 } from './format.js';
 
@@ -240,6 +240,31 @@ export function featureNames(sb: Superblock): string[] {
   for (const [bit, name] of COMPAT_NAMES) if (sb.featureCompat & bit) out.push(name);
   for (const [bit, name] of INCOMPAT_NAMES) if (sb.featureIncompat & bit) out.push(name);
   return out;
+}
+
+/** Superblock fields for inspection (dump.erofs -s and more). */
+export function details(sb: Superblock): SuperblockDetails {
+  let minKernel = 0;
+  for (const [bit, v] of INCOMPAT_MIN_KERNEL) if (sb.featureIncompat & bit) minKernel = Math.max(minKernel, v);
+  for (let i = 0; i < ALGORITHM_MIN_KERNEL.length; i++) {
+    if (sb.availableComprAlgs & (1 << i)) minKernel = Math.max(minKernel, ALGORITHM_MIN_KERNEL[i]!);
+  }
+  const tag = (t: Buffer): string => {
+    const nul = t.indexOf(0);
+    return t.subarray(0, nul < 0 ? t.length : nul).toString('latin1');
+  };
+  return {
+    metaBlkAddr: sb.metaBlkAddr,
+    xattrBlkAddr: sb.xattrBlkAddr,
+    sbSize: sb.sbSize,
+    packedNid: sb.packedNid,
+    metaboxNid: sb.metaboxNid,
+    lz4MaxDistance: sb.lz4MaxDistance,
+    compatNames: COMPAT_NAMES.filter(([bit]) => sb.featureCompat & bit).map(([, n]) => n),
+    incompatNames: INCOMPAT_NAMES.filter(([bit]) => sb.featureIncompat & bit).map(([, n]) => n),
+    minKernel: minKernel ? `${Math.floor(minKernel / 100)}.${minKernel % 100}` : undefined,
+    devices: sb.devices.map((d, i) => ({ index: i + 1, tag: tag(d.tag), blocks: d.blocks, uniaddr: d.uniaddr })),
+  };
 }
 
 export function summarize(sb: Superblock): SuperblockSummary {

@@ -174,6 +174,11 @@ export class CompressedFile {
     };
   }
 
+  /** Logical cluster size (undefined when the whole file is a fragment). */
+  get lclusterSize(): number | undefined {
+    return this.zmap.lclusterSize;
+  }
+
   /** SEEK_DATA / SEEK_HOLE: next data/hole offset at or after `offset`; -1 when none (ENXIO). */
   seek(offset: number, whence: 'data' | 'hole'): number {
     if (!Number.isSafeInteger(offset) || offset < 0 || offset >= this.size) return -1;
@@ -379,6 +384,11 @@ export class CompressedFiles {
   readInto(ino: Inode, offset: number, length: number, target: Uint8Array, targetOffset: number): void {
     const n = this.file(ino).readInto(offset, length, target, targetOffset);
     if (n !== length) throw new ErofsError('EIO', `nid ${ino.nid}: compressed read returned ${n} of ${length} bytes`);
+  }
+
+  /** Lcluster size of a compressed inode (undefined for whole-file fragments and extent records). */
+  lclusterSize(ino: Inode): number | undefined {
+    return this.file(ino).lclusterSize;
   }
 
   seek(ino: Inode, offset: number, whence: 'data' | 'hole'): number {

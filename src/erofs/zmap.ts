@@ -146,6 +146,12 @@ export class ZMap {
     return e;
   }
 
+  /** Logical cluster size from the map header (undefined when the whole file is a fragment). */
+  get lclusterSize(): number | undefined {
+    this.init();
+    return this.allFragment ? undefined : this.lcsize;
+  }
+
   /** Whether the map can contain holes (only 48-bit extent records can). */
   get mayHaveHoles(): boolean {
     this.init();
