@@ -171,3 +171,73 @@ test('corrupt or missing input: exit 1 and exactly one line on stderr', () => {
   assert.equal(r.status, 1);
   assert.equal(r.stderr.trimEnd().split('\n').length, 1, r.stderr);
 });
+
+test('--nid selects an inode by NID (all its paths), -i shows NIDs in listings', () => {
+  const m = manifest('plain');
+  const hard = Object.keys(m).filter((p) => m[p]!.type === 'file' && m[p]!.nlink > 1);
+  assert.ok(hard.length >= 2, 'hard links in the image');
+  const nid = json(img('plain'), hard[0]!).stat.nid as number;
+  const byNid = json(img('plain'), '--nid', String(nid)).stat;
+  assert.equal(byNid.nid, nid);
+  const sameInode = hard.filter((p) => json(img('plain'), p).stat.nid === nid).map((p) => `/${p}`).sort();
+  assert.deepEqual([...byNid.paths].sort(), sameInode, 'every name of the inode');
+  assert.match(ok(img('plain'), '--nid', String(nid)), new RegExp(`^nid: +${nid}$`, 'm'));
+  const listing = ok(img('plain'), '-i');
+  const root = json(img('plain')).directories[0].entries as { name: string; nid: number }[];
+  for (const e of root) assert.match(listing, new RegExp(`^ *${e.nid} [-dlcbps].* ${e.name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}( -> .*)?$`, 'm'), e.name);
+  const both = inspect(img('plain'), '/', '--nid', String(nid));
+  assert.equal(both.status, 1);
+  assert.match(both.stderr, /path or --nid, not both/);
+  const bad = inspect(img('plain'), '--nid', '999999999');
+  assert.equal(bad.status, 1, 'a NID beyond the image is an error');
+  assert.equal(bad.stderr.trimEnd().split('\n').length, 1, bad.stderr);
+});
+
+test('--stats and --extents in text and JSON; superblock shows the device table', () => {
+  const s = ok(img('lz4'), '-S');
+  assert.match(s, /^ +regular files: +1112$/m);
+  assert.match(s, /^original size \(regular files\):$/m);
+  assert.match(s, /^on-disk size \(regular files\):$/m);
+  assert.match(s, /^incompat: +lz4_0padding$/m);
+  assert.match(s, /^needs Linux: +5\.4 or later$/m);
+  const st = json(img('lz4'), '-S').statistics;
+  assert.equal(st.originalHistogram.reduce((a: number, b: number) => a + b, 0), st.byType.file);
+  assert.ok(st.onDiskBytes < st.originalBytes, 'lz4 saves space');
+  const m = manifest('lz4');
+  const big = Object.keys(m).filter((p) => m[p]!.type === 'file').sort((a, b) => m[b]!.size! - m[a]!.size!)[0]!;
+  const ex = json(img('lz4'), big, '--extents').extents as { logical: number; length: number; kind: string }[];
+  assert.ok(ex.length > 1 && ex.every((e) => e.kind === 'compressed' || e.kind === 'plain' || e.kind === 'inline'));
+  assert.equal(ex.reduce((n, e) => n + e.length, 0), m[big]!.size, 'the extents cover the file');
+  assert.match(ok(img('lz4'), big, '-e'), new RegExp(`^${ex.length} extents$`, 'm'));
+  const blob = path.join(SHARED_IMAGES, 'chunked-blob.blob');
+  const sb = ok(img('chunked-blobdev'), '--device', blob);
+  assert.match(sb, new RegExp(`^ +device 1: \\d+ blocks, unified start block \\d+, tag ".*", file ${blob.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+  const chunks = json(img('chunked-blobdev'), big, '--device', blob, '-e').extents as { kind: string; device: number }[];
+  assert.ok(chunks.some((c) => c.kind === 'chunk' && c.device === 1), 'chunks on the extra device');
+});
+
+test('--compare: which files of two images share content, against the source trees', () => {
+  const a = manifest('digest-lz4-a');
+  const b = manifest('digest-lz4-b');
+  const c = json(img('digest-lz4-a'), '--compare', img('digest-lz4-b')).compare;
+  const files = (m: Manifest) => Object.keys(m).filter((p) => m[p]!.type === 'file');
+  const same = files(b).filter((p) => a[p]?.type === 'file' && a[p]!.sha256 === b[p]!.sha256).map((p) => `/${p}`).sort();
+  const changed = files(b).filter((p) => a[p]?.type === 'file' && a[p]!.sha256 !== b[p]!.sha256).map((p) => `/${p}`).sort();
+  assert.deepEqual(c.samePathSameContent, same);
+  assert.deepEqual(c.samePathChanged, changed);
+  assert.ok(changed.length > 100, 'tree b changes ~180 files');
+  assert.deepEqual(c.onlyInA, files(a).filter((p) => b[p]?.type !== 'file').map((p) => `/${p}`).sort());
+  assert.deepEqual(c.onlyInB, files(b).filter((p) => a[p]?.type !== 'file').map((p) => `/${p}`).sort());
+  const inA = new Map(files(a).map((p) => [a[p]!.sha256!, a[p]!.size!]));
+  const shared = new Map(files(b).filter((p) => inA.has(b[p]!.sha256!)).map((p) => [b[p]!.sha256!, b[p]!.size!]));
+  assert.equal(c.sharedContents, shared.size);
+  assert.equal(c.sharedBytes, [...shared.values()].reduce((x, y) => x + y, 0));
+  // Without digest xattrs the fingerprints are computed: same answer for the same trees.
+  const computed = json(img('plain'), '--compare', img('lz4')).compare;
+  assert.equal(computed.fingerprints.a, 'computed');
+  assert.equal(computed.samePathChanged.length, 0);
+  assert.equal(computed.samePathSameContent.length, files(manifest('plain')).length);
+  const text = ok(img('digest-lz4-a'), '--compare', img('digest-lz4-b'));
+  assert.match(text, new RegExp(`^same path, changed: +${changed.length}$`, 'm'));
+  for (const p of changed.slice(0, 5)) assert.match(text, new RegExp(`^~ ${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'));
+});

@@ -4,6 +4,7 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { serveBuilder } from './serve.js';
+import { inspectBuilder } from './inspect.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -51,24 +52,23 @@ async function main(): Promise<void> {
     )
     .command(
       'inspect <image> [path]',
-      'show what an EROFS image holds: superblock, listings, stat, xattrs, fingerprints, file content',
-      (y) =>
-        y
-          .positional('image', { type: 'string', demandOption: true, describe: 'EROFS image file' })
-          .positional('path', { type: 'string', describe: 'path inside the image (default: the root)' })
-          .option('device', { type: 'string', array: true, describe: 'extra device (blob) for multi-device images, in device-table order' })
-          .option('json', { type: 'boolean', default: false, describe: 'machine-readable output' })
-          .option('cat', { type: 'boolean', default: false, describe: "write the file's content to stdout" })
-          .option('recursive', { alias: 'R', type: 'boolean', default: false, describe: 'list directories recursively' }),
+      'show what an EROFS image holds: superblock, features, devices, statistics, inodes by path or NID, extents, xattrs, fingerprints, content; compare two images',
+      (y) => inspectBuilder(y),
       async (argv) => {
         const { runInspect } = await import('./inspect.js');
         process.exitCode = await runInspect({
           image: argv.image,
           path: argv.path,
+          nid: argv.nid,
           devices: argv.device,
           json: argv.json,
           cat: argv.cat,
           recursive: argv.recursive,
+          nids: argv.nids,
+          stats: argv.stats,
+          extents: argv.extents,
+          compare: argv.compare,
+          compareDevices: argv['compare-device'],
         });
       },
     )
