@@ -1,4 +1,4 @@
-// Compressed data mapping (src/erofs/zmap.ts): every compressed shared image reads back with the
+// Compressed data (src/erofs/zmap.ts, zindex.ts, pcluster.ts, readahead.ts, zdata.ts): every compressed shared image reads back with the
 // kernel's SHA-256s, arbitrary (offset, length) reads across pcluster boundaries match the whole
 // content, images built here with mkfs.erofs 1.5 (big pclusters, legacy full indexes,
 // ztailpacking, plain pclusters) read back as their source, hand-built index/extent layouts the

@@ -197,8 +197,8 @@ export class ErofsImage implements ErofsImageReader, DataContext, XattrContext {
     if (!(lo <= addr && addr < hi)) return undefined;
     const buf = dev.view(lo - devBase, hi - lo);
     if (!buf || buf.length !== hi - lo) return undefined;
-    // Views do not ask for read-ahead themselves (the mapping is MADV_RANDOM): zmap hints the
-    // pcluster ranges it is about to decode.
+    // Views do not ask for read-ahead themselves (the mapping is MADV_RANDOM): the compressed
+    // reader hints the pcluster ranges it is about to decode (readahead.ts).
     const willNeed = (a: number, len: number): void => dev.willNeed(a - devBase, len, true);
     return { buf, base: lo, lo, hi, willNeed };
   }

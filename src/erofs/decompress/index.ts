@@ -1,6 +1,6 @@
 // Decompressors for EROFS compressed clusters (pclusters).
 //
-// Contract (shared with src/erofs/zmap.ts): `decompress(alg, src, outLen, opts)` returns exactly
+// Contract (shared with src/erofs/pcluster.ts): `decompress(alg, src, outLen, opts)` returns exactly
 // `outLen` bytes or throws ErofsError('EIO').
 //  - `src` is the pcluster's compressed bytes. Leading zero bytes (the EROFS "0padding" that puts
 //    compressed data at the end of the pcluster) are skipped here, as the kernel's
