@@ -42,7 +42,7 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-# npm ci builds the native addon (binding.gyp) as part of the install.
+# npm ci builds the native addons (binding.gyp here and in packages/vhost-user-ts) as part of the install.
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund --loglevel=error
 else

@@ -6,9 +6,9 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native } from '../src/native/index.js';
-import { Req, VirtioFeature, bit, decodeConfig, encodeConfig } from '../src/vhost-user/index.js';
-import { MiniFrontEnd } from './support/fake-guest.js';
+import { native } from './support/native.js';
+import { Req, VirtioFeature, bit, decodeConfig, encodeConfig } from 'vhost-user-ts';
+import { MiniFrontEnd } from 'vhost-user-ts/testing';
 import { REPO_ROOT, SCRATCH_DIR } from './support/paths.js';
 
 const MAIN = path.join(REPO_ROOT, 'dist/src/cli/main.js');

@@ -5,14 +5,14 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { native } from '../src/native/index.js';
-import { VirtQueue, silentLogger, type GuestMemory } from '../src/vhost-user/index.js';
+import { native } from './support/native.js';
+import { VirtQueue, silentLogger, type GuestMemory } from 'vhost-user-ts';
 import { MAX_REQUEST_BYTES, VirtioFsDevice, encodeVirtioFsConfig, scatter } from '../src/daemon/virtio-fs.js';
 import path from 'node:path';
 import { openImage } from '../src/erofs/index.js';
 import { FuseServer } from '../src/fuse/server.js';
 import { ImageTree } from '../src/vfs/index.js';
-import { FakeGuest, dupFd } from './support/fake-guest.js';
+import { FakeGuest, dupFd } from 'vhost-user-ts/testing';
 import { SHARED_IMAGES } from './support/paths.js';
 
 const C = native.constants;

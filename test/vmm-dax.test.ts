@@ -5,8 +5,8 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { native } from '../src/native/index.js';
-import { VhostUserServer, silentLogger, type BackendChannel } from '../src/vhost-user/index.js';
+import { native } from './support/native.js';
+import { VhostUserServer, silentLogger, type BackendChannel } from 'vhost-user-ts';
 import { VirtioFsDevice } from '../src/daemon/virtio-fs.js';
 import {
   FuseError, InitFlag, Op, ProtoFeature, SETUPMAPPING_FLAG_READ, bit, connectTestVmm, tempSocketPath, type DaxDialect,

@@ -8,7 +8,7 @@ import type { Argv } from 'yargs';
 import { openImage, type ErofsReader } from '../erofs/index.js';
 import { FuseServer } from '../fuse/server.js';
 import { ImageTree } from '../vfs/index.js';
-import { ProtoFeature, VhostUserServer, bit } from '../vhost-user/index.js';
+import { ProtoFeature, VhostUserServer, bit } from 'vhost-user-ts';
 import { VirtioFsDevice } from '../daemon/virtio-fs.js';
 import { createLogger, type Logger } from '../daemon/logger.js';
 import { ShareService, type DaxPolicy, type DaxProtocol } from '../daemon/share.js';

@@ -3,7 +3,7 @@
 // JSON object and the connection closes. A fuller management API comes later.
 import fs from 'node:fs';
 import net from 'node:net';
-import type { Logger } from '../vhost-user/index.js';
+import type { Logger } from 'vhost-user-ts';
 
 export type ControlHandler = (cmd: string) => unknown;
 

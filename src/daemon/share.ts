@@ -17,8 +17,8 @@ import { Errno, FUSE_ATTR_DAX, FUSE_SETUPMAPPING_FLAG_WRITE } from '../fuse/abi.
 import { FuseError, type RemoveMappingOne, type RequestContext, type SetupMappingIn } from '../fuse/filesystem.js';
 import type { FuseServerOptions } from '../fuse/server.js';
 import type { ImageTreeHooks, TreeTarget } from '../vfs/index.js';
-import type { BackendChannel, Logger } from '../vhost-user/index.js';
-import { ProtoFeature, SHMEM_MAP_R, bit } from '../vhost-user/protocol.js';
+import type { BackendChannel, Logger } from 'vhost-user-ts';
+import { ProtoFeature, SHMEM_MAP_R, bit } from 'vhost-user-ts';
 import { PAGE_SIZE, type Backing, type MapPiece } from '../share/backing.js';
 import { DaxWindow, DaxWindowError, type MapChannel } from '../share/dax.js';
 import type { FingerprintSource } from '../share/fingerprint.js';

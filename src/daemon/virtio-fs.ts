@@ -3,7 +3,7 @@
 // one FUSE request: the device-readable bytes are gathered (copied, so the guest cannot change
 // them under us), handed to the FUSE server, and the reply is scattered into the chain's
 // device-writable buffers. Requests complete in any order; the FUSE server is async.
-import type { DescriptorChain, Logger, VhostUserDevice, BackendChannel } from '../vhost-user/index.js';
+import type { DescriptorChain, Logger, VhostUserDevice, BackendChannel } from 'vhost-user-ts';
 
 /** VIRTIO_FS config: u8 tag[36], le32 num_request_queues (notify_buf_size only with NOTIFICATION). */
 export const VIRTIO_FS_TAG_LEN = 36;

@@ -8,7 +8,13 @@ import { REPO_ROOT, SCRATCH_DIR } from './paths.js';
 export const CLI = path.join(REPO_ROOT, 'dist/src/cli/main.js');
 
 export function isMounted(dir: string): boolean {
-  const want = path.resolve(dir);
+  // mountinfo shows the resolved path (the scratch directory may be reached through a symlink).
+  let want = path.resolve(dir);
+  try {
+    want = fs.realpathSync(want);
+  } catch {
+    /* gone: not mounted */
+  }
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => l.split(' ')[4] === want);
 }
 

@@ -37,7 +37,7 @@ import { SHARED_IMAGES } from './paths.js';
 import { loadManifest, type Manifest } from './manifest.js';
 import { regularFiles } from './reader-manifest.js';
 import { openImage } from '../../src/erofs/index.js';
-import { native } from '../../src/native/index.js';
+import { native } from './native.js';
 import { QEMU_CACHE, GUEST_DIR, bootGuest, ensureGuest, startErofsVfsd, startVirtiofsd, type Backend, type GuestRun } from './qemu.js';
 import { unpackImage } from './test-vmm/backends.js';
 

@@ -4,7 +4,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { native } from '../../src/native/index.js';
+import { native } from './native.js';
 import { controlRequest } from '../../src/daemon/control.js';
 import type { ShareStatsDoc } from '../../src/daemon/share.js';
 import { connectTestVmm, startDaemon, tempSocketPath, type Backend, type DaxDialect, type TestVmm } from './test-vmm/index.js';

@@ -1,7 +1,7 @@
 // The test VMM's vhost-user front-end: connects to a back-end socket, negotiates, hands over
 // guest memory and virtqueues, serves the back-end channel (incl. DAX window map requests).
 import fs from 'node:fs';
-import { native, type FdWatch } from '../../../src/native/index.js';
+import { native, type FdWatch } from '../native.js';
 import { GuestMemory, type GuestMemoryOptions } from './memory.js';
 import { Virtqueue } from './virtqueue.js';
 import {

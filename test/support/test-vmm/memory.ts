@@ -2,7 +2,7 @@
 // back-end as one or more regions at guest-physical addresses with gaps between them, so a
 // back-end that confuses guest-physical addresses, file offsets and front-end addresses fails.
 import fs from 'node:fs';
-import { native } from '../../../src/native/index.js';
+import { native } from '../native.js';
 import type { MemRegionDesc } from './protocol.js';
 
 const C = native.constants;

@@ -1,6 +1,6 @@
 // Driver (guest) side of a split virtqueue living in the test VMM's guest memory.
 import fs from 'node:fs';
-import { native, type FdWatch } from '../../../src/native/index.js';
+import { native, type FdWatch } from '../native.js';
 import type { GuestMemory } from './memory.js';
 
 const C = native.constants;

@@ -4,7 +4,7 @@
 //
 // Everything in the rings is written by the guest and is hostile: every index, length and
 // address is checked, a bad chain is dropped with an error log and the queue keeps serving.
-import { native, type FdWatch } from '../native/index.js';
+import { sys, type FdWatch } from './sys.js';
 import { closeQuietly, type GuestMemory } from './memory.js';
 import { MAX_QUEUE_SIZE, type VringAddr } from './protocol.js';
 import type { Logger } from './logger.js';
@@ -211,18 +211,18 @@ export class VirtQueue {
   private armKick(): void {
     const fd = this.kickFd;
     try {
-      native.setNonblocking(fd, true);
+      sys.setNonblocking(fd, true);
     } catch {
       /* not fatal: reads happen only when readable */
     }
-    this.kickWatch = native.watch(fd, native.constants.READABLE, (_ev, err) => {
+    this.kickWatch = sys.watch(fd, sys.constants.READABLE, (_ev, err) => {
       if (err) {
         this.log.error({ queue: this.index, errno: err }, 'kick fd poll error');
         this.stopKickWatch();
         return;
       }
       try {
-        native.eventfdRead(fd);
+        sys.eventfdRead(fd);
       } catch (e) {
         this.log.error({ queue: this.index, err: String(e) }, 'kick fd read failed');
         this.stopKickWatch();
@@ -484,7 +484,7 @@ export class VirtQueue {
     if (!need) return;
     this.stats.notifications++;
     try {
-      native.eventfdWrite(this.callFd, 1);
+      sys.eventfdWrite(this.callFd, 1);
     } catch (e) {
       this.log.error({ queue: this.index, err: String(e) }, 'call fd write failed');
     }

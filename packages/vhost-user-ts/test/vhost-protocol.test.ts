@@ -4,8 +4,8 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { native } from '../src/native/index.js';
-import { FakeGuest, MiniFrontEnd, dupFd } from './support/fake-guest.js';
+import { sys } from '../src/sys.js';
+import { FakeGuest, MiniFrontEnd, dupFd } from '../src/testing.js';
 import {
   BackendChannel,
   MAX_INFLIGHT,
@@ -41,9 +41,9 @@ import {
   type DescriptorChain,
   type MemRegionDesc,
   type VhostUserDevice,
-} from '../src/vhost-user/index.js';
+} from '../src/index.js';
 
-const C = native.constants;
+const C = sys.constants;
 const MiB = 1024 * 1024;
 
 // Ring layout used by the queue tests (guest-physical offsets; gpaBase 0).
@@ -79,8 +79,8 @@ function makeQueue(g: FakeGuest, mem: GuestMemory, handler: (c: DescriptorChain)
  * `kick` to kick with and `callCopy` to read notifications from; closeFds() closes all three.
  */
 function startWithEventfds(q: VirtQueue): { kick: number; callCopy: number; closeFds(): void } {
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const kick = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
   const callCopy = dupFd(call);
   q.setKick(dupFd(kick));
   q.setCall(dupFd(call));
@@ -290,7 +290,7 @@ test('virtqueue: kick → handler; used element before index; call; bad chains d
     offer(g.ram, 0);
     offer(g.ram, 2);
     offer(g.ram, 3);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     const until = async (cond: () => boolean): Promise<void> => {
       for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
       assert.ok(cond(), 'condition reached');
@@ -308,28 +308,28 @@ test('virtqueue: kick → handler; used element before index; call; bad chains d
     assert.equal(g.ram.readUInt16LE(USED + 2), 3);
     assert.deepEqual([g.ram.readUInt32LE(USED + 12), g.ram.readUInt32LE(USED + 16)], [3, 10]);
     assert.deepEqual([g.ram.readUInt32LE(USED + 20), g.ram.readUInt32LE(USED + 24)], [0, 64]);
-    assert.ok(native.eventfdRead(callCopy)! >= 1n, 'guest was notified');
+    assert.ok(sys.eventfdRead(callCopy)! >= 1n, 'guest was notified');
     // EVENT_IDX: the guest asks for an interrupt only once used idx passes 10.
     q.eventIdx = true;
     g.ram.writeUInt16LE(10, AVAIL + 4 + 2 * QSIZE);
     offer(g.ram, 0);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     await until(() => got.length === 3);
     q.complete(got[2]!, 0);
     await new Promise((r) => setImmediate(r));
     assert.equal(g.ram.readUInt16LE(USED + 2), 4);
     // First notification after enabling EVENT_IDX is unconditional; a second one must be suppressed.
-    native.eventfdRead(callCopy);
+    sys.eventfdRead(callCopy);
     offer(g.ram, 3);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     await until(() => got.length === 4);
     q.complete(got[3]!, 0);
     await new Promise((r) => setImmediate(r));
-    assert.equal(native.eventfdRead(callCopy), null, 'no interrupt before used_event is crossed');
+    assert.equal(sys.eventfdRead(callCopy), null, 'no interrupt before used_event is crossed');
     assert.equal(g.ram.readUInt16LE(USED + 4 + 8 * QSIZE), g.ram.readUInt16LE(AVAIL + 2), 'avail_event published');
     // A guest that moves avail idx by more than the queue size breaks only this queue.
     g.ram.writeUInt16LE((g.ram.readUInt16LE(AVAIL + 2) + QSIZE + 1) & 0xffff, AVAIL + 2);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     await until(() => q.broken);
     assert.equal(q.stop(), q.lastAvailIdx);
   } finally {
@@ -358,7 +358,7 @@ test('virtqueue: big completions notify the driver early, two at a time; none is
     const turn = async (heads: number[]): Promise<void> => {
       seen.length = 0;
       for (const h of heads) offer(g.ram, h);
-      native.eventfdWrite(kick, 1);
+      sys.eventfdWrite(kick, 1);
       for (let i = 0; i < 200 && seen.length < heads.length; i++) await new Promise((r) => setTimeout(r, 5));
       await new Promise((r) => setImmediate(r));
     };
@@ -369,7 +369,7 @@ test('virtqueue: big completions notify the driver early, two at a time; none is
     assert.deepEqual(seen.map((n) => n - before), [1, 1, 2, 2]);
     assert.equal(q.stats.notifications - before, 3, 'the deferred completion was signalled at the end of the turn');
     assert.equal(g.ram.readUInt16LE(USED + 2), 4);
-    assert.ok(native.eventfdRead(callCopy)! >= 1n);
+    assert.ok(sys.eventfdRead(callCopy)! >= 1n);
     // A lone big completion (first of its turn) is signalled at once.
     const mid = q.stats.notifications;
     await turn([0]);
@@ -405,11 +405,11 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
       c.queue.complete(c, 2);
     },
   };
-  const [ours, theirs] = native.socketpair();
+  const [ours, theirs] = sys.socketpair();
   const conn = new VhostUserConnection(ours, device, silentLogger);
   const fe = new MiniFrontEnd(theirs);
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const kick = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
   try {
     const feats = (await fe.call(Req.GET_FEATURES)).readBigUInt64LE(0);
     assert.ok(feats & bit(VirtioFeature.PROTOCOL_FEATURES));
@@ -445,7 +445,7 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
     writeDesc(g.ram, DESC, 0, 0x10000, 8, 1, 1);
     writeDesc(g.ram, DESC, 1, 0x12000, 8, 2);
     offer(g.ram, 0);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     await new Promise((r) => setTimeout(r, 30));
     assert.equal(served.length, 0, 'disabled ring is not served');
     assert.equal(await fe.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 })), 0n);
@@ -454,15 +454,15 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
     assert.equal(g.ram.toString('utf8', 0x12000, 0x12002), 'ok');
     assert.equal(g.ram.readUInt16LE(USED + 2), 1);
     // A new kick fd for a running ring: the ring keeps running on it (and keeps its call fd).
-    const kick2 = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+    const kick2 = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
     assert.equal(await fe.ack(Req.SET_VRING_KICK, u64(1), [kick2]), 0n);
     offer(g.ram, 0);
-    native.eventfdWrite(kick2, 1);
+    sys.eventfdWrite(kick2, 1);
     for (let i = 0; i < 100 && served.length < 2; i++) await new Promise((r) => setTimeout(r, 5));
     fs.closeSync(kick2);
     assert.equal(served.length, 2, 'served after the kick fd was replaced');
     assert.equal(g.ram.readUInt16LE(USED + 2), 2);
-    assert.ok(native.eventfdRead(call)! >= 1n, 'call fd still notified');
+    assert.ok(sys.eventfdRead(call)! >= 1n, 'call fd still notified');
     const base = await fe.call(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
     assert.equal(base.readUInt32LE(4), 2, 'next avail index returned');
     assert.equal(await fe.ack(Req.RESET_DEVICE), 0n);
@@ -479,13 +479,13 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
 });
 
 test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure status, close rejects', async () => {
-  const [ours, theirs] = native.socketpair();
+  const [ours, theirs] = sys.socketpair();
   const ch = new BackendChannel(ours, true, silentLogger, 1000);
-  const memfd = native.memfdCreate('channel-test', C.MFD_CLOEXEC);
+  const memfd = sys.memfdCreate('channel-test', C.MFD_CLOEXEC);
   const buf = Buffer.alloc(512);
   const readReq = async (): Promise<{ req: number; flags: number; payload: Buffer; fds: number[] }> => {
     for (let i = 0; i < 200; i++) {
-      const r = native.recvmsg(theirs, buf);
+      const r = sys.recvmsg(theirs, buf);
       if (r.bytes > 0) {
         const f = new MessageFramer();
         f.push(buf.subarray(0, r.bytes), r.fds);
@@ -497,7 +497,7 @@ test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure st
     throw new Error('no request');
   };
   const answer = (req: number, status: bigint): void => {
-    native.sendmsg(theirs, encodeMessage(req, VERSION | FLAG_REPLY, u64(status)));
+    sys.sendmsg(theirs, encodeMessage(req, VERSION | FLAG_REPLY, u64(status)));
   };
   try {
     const p = ch.shmemMap({ shmid: 0, fdOffset: 0n, shmOffset: 0x200000n, len: 0x1000n, flags: 1n }, memfd);
@@ -533,9 +533,9 @@ test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure st
 
 test('guest memory: a 6 GiB region is mapped in chunks; buffers crossing a chunk boundary are split', () => {
   const GiB = 1024 * MiB;
-  const fd = native.memfdCreate('fake-guest-big', C.MFD_CLOEXEC);
+  const fd = sys.memfdCreate('fake-guest-big', C.MFD_CLOEXEC);
   try {
-    native.ftruncate(fd, 6 * GiB); // sparse: costs no memory
+    sys.ftruncate(fd, 6 * GiB); // sparse: costs no memory
     const mem = GuestMemory.fromTable([{ guestPhys: 0x100000000n, size: BigInt(6 * GiB - 0x1000), userAddr: 0x7f0000000000n, mmapOffset: 0x1000n }], [dupFd(fd)]);
     try {
       const gpa = (off: number): number => 0x100000000 + off;
@@ -570,7 +570,7 @@ test('back-end: 3000 random front-end messages neither crash nor wedge the conne
   const fdsBefore = countFds();
   const g = new FakeGuest(MiB);
   const device: VhostUserDevice = { features: 0n, numQueues: 2, getConfig: () => null, handleChain: (c) => c.queue.complete(c, 0) };
-  const [ours, theirs] = native.socketpair();
+  const [ours, theirs] = sys.socketpair();
   const conn = new VhostUserConnection(ours, device, silentLogger);
   const fe = new MiniFrontEnd(theirs);
   let seed = 12345;
@@ -586,19 +586,19 @@ test('back-end: 3000 random front-end messages neither crash nor wedge the conne
       if (payload.length >= 8 && rnd(2)) payload.writeUInt32LE(rnd(3), 0); // plausible queue indexes
       const fds: number[] = [];
       const nfd = rnd(6) === 0 ? 1 + rnd(2) : 0;
-      for (let k = 0; k < nfd; k++) fds.push(rnd(2) ? g.fd : native.eventfd(0, C.EFD_CLOEXEC));
+      for (let k = 0; k < nfd; k++) fds.push(rnd(2) ? g.fd : sys.eventfd(0, C.EFD_CLOEXEC));
       fe.send(req, payload, fds, VERSION | (rnd(2) ? FLAG_NEED_REPLY : 0));
       for (const fd of fds) if (fd !== g.fd) fs.closeSync(fd);
       // Drain whatever replies came back so the socket never fills.
       if (i % 50 === 0) {
         await new Promise((r) => setTimeout(r, 2));
         const buf = Buffer.alloc(65536);
-        for (let r = native.recvmsg(theirs, buf); r.bytes > 0; r = native.recvmsg(theirs, buf)) for (const fd of r.fds) fs.closeSync(fd);
+        for (let r = sys.recvmsg(theirs, buf); r.bytes > 0; r = sys.recvmsg(theirs, buf)) for (const fd of r.fds) fs.closeSync(fd);
       }
     }
     await new Promise((r) => setTimeout(r, 50));
     const buf = Buffer.alloc(65536);
-    for (let r = native.recvmsg(theirs, buf); r.bytes > 0; r = native.recvmsg(theirs, buf)) for (const fd of r.fds) fs.closeSync(fd);
+    for (let r = sys.recvmsg(theirs, buf); r.bytes > 0; r = sys.recvmsg(theirs, buf)) for (const fd of r.fds) fs.closeSync(fd);
     assert.equal(conn.isClosed, false, 'well-framed garbage does not close the connection');
     assert.equal((await fe.call(Req.GET_QUEUE_NUM)).readBigUInt64LE(0), 2n, 'still answering');
   } finally {
@@ -615,7 +615,7 @@ test('virtqueue: at most MAX_INFLIGHT chains are taken at once; completions resu
   const mem = g.memory();
   const held: DescriptorChain[] = [];
   const q = new VirtQueue(1, silentLogger, (c) => held.push(c));
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const kick = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
   try {
     q.setSize(N);
     q.setAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n }, mem);
@@ -630,7 +630,7 @@ test('virtqueue: at most MAX_INFLIGHT chains are taken at once; completions resu
       g.ram.writeUInt16LE(i, AVAIL + 4 + 2 * i);
     }
     g.ram.writeUInt16LE(200, AVAIL + 2);
-    native.eventfdWrite(kick, 1);
+    sys.eventfdWrite(kick, 1);
     const settle = async (): Promise<void> => {
       for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
     };

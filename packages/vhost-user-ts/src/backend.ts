@@ -1,7 +1,7 @@
 // The vhost-user back-end state machine for one front-end connection: features, memory table,
 // vrings, back-end channel, status. The device (what the queues carry) plugs in through
 // VhostUserDevice; this file knows nothing of FUSE or of any particular device type.
-import { native, type FdWatch } from '../native/index.js';
+import { sys, type FdWatch } from './sys.js';
 import { BackendChannel } from './backend-channel.js';
 import { GuestMemory, MemoryRegion, closeQuietly } from './memory.js';
 import type { Logger } from './logger.js';
@@ -257,7 +257,7 @@ export class VhostUserBackend {
         if (q.started) {
           // Whatever was published while no call fd was set must still reach the guest.
           try {
-            native.eventfdWrite(q.callFd, 1);
+            sys.eventfdWrite(q.callFd, 1);
           } catch {
             /* the guest will see it on the next notification */
           }
@@ -393,11 +393,11 @@ export class VhostUserConnection {
   constructor(readonly fd: number, device: VhostUserDevice, private readonly log: Logger) {
     this.backend = new VhostUserBackend(device, log);
     try {
-      native.setNonblocking(fd, true);
+      sys.setNonblocking(fd, true);
     } catch {
       /* accepted sockets are non-blocking already */
     }
-    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev, err) => {
+    this.watch = sys.watch(fd, sys.constants.READABLE | sys.constants.DISCONNECT, (ev, err) => {
       try {
         this.onEvent(ev, err);
       } catch (e) {
@@ -425,7 +425,7 @@ export class VhostUserConnection {
       if (want > 0) {
         let r: { bytes: number; fds: number[] };
         try {
-          r = native.recvmsg(this.fd, this.buf.subarray(0, want));
+          r = sys.recvmsg(this.fd, this.buf.subarray(0, want));
         } catch (e) {
           return this.close(`read failed: ${String(e)}`);
         }
@@ -444,7 +444,7 @@ export class VhostUserConnection {
       }
       if (m) this.queue.push(m);
     }
-    if (ev & native.constants.DISCONNECT && !(ev & native.constants.READABLE)) return this.close('front-end disconnected');
+    if (ev & sys.constants.DISCONNECT && !(ev & sys.constants.READABLE)) return this.close('front-end disconnected');
     this.pump().catch((e: unknown) => {
       this.log.error({ err: e instanceof Error ? (e.stack ?? e.message) : String(e) }, 'vhost-user request handling failed');
       this.close('internal error');
@@ -461,7 +461,7 @@ export class VhostUserConnection {
         if (this.closed) break;
         if (reply) {
           try {
-            const n = native.sendmsg(this.fd, reply);
+            const n = sys.sendmsg(this.fd, reply);
             if (n !== reply.length) throw new Error(`short write ${n}/${reply.length}`);
           } catch (e) {
             this.close(`write failed: ${String(e)}`);

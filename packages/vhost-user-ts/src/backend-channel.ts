@@ -1,7 +1,7 @@
 // The back-end request channel (SET_BACKEND_REQ_FD): we send requests to the front-end on it
 // (SHMEM_MAP/UNMAP, or the legacy virtio-fs FS_MAP/FS_UNMAP) and, with REPLY_ACK, wait for
 // its u64 answer. One request is outstanding at a time.
-import { native, type FdWatch } from '../native/index.js';
+import { sys, type FdWatch } from './sys.js';
 import { closeQuietly } from './memory.js';
 import type { Logger } from './logger.js';
 import {
@@ -47,11 +47,11 @@ export class BackendChannel {
    */
   constructor(readonly fd: number, readonly replyAck: boolean, private readonly log: Logger, readonly timeoutMs = 5000) {
     try {
-      native.setNonblocking(fd, true);
+      sys.setNonblocking(fd, true);
     } catch {
       /* a socketpair is already non-blocking */
     }
-    this.watch = native.watch(fd, native.constants.READABLE | native.constants.DISCONNECT, (ev) => {
+    this.watch = sys.watch(fd, sys.constants.READABLE | sys.constants.DISCONNECT, (ev) => {
       try {
         this.onReadable(ev);
       } catch (e) {
@@ -79,7 +79,7 @@ export class BackendChannel {
     this.stats.requests++;
     const msg = encodeMessage(request, VERSION | (this.replyAck ? FLAG_NEED_REPLY : 0), payload);
     try {
-      const n = native.sendmsg(this.fd, msg, fds);
+      const n = sys.sendmsg(this.fd, msg, fds);
       if (n !== msg.length) throw new BackendChannelError(`short write on back-end channel (${n}/${msg.length})`);
     } catch (e) {
       this.stats.failures++;
@@ -117,7 +117,7 @@ export class BackendChannel {
     for (;;) {
       let r: { bytes: number; fds: number[] };
       try {
-        r = native.recvmsg(this.fd, this.buf);
+        r = sys.recvmsg(this.fd, this.buf);
       } catch (e) {
         this.log.warn({ err: String(e) }, 'back-end channel read failed');
         this.close();
@@ -156,7 +156,7 @@ export class BackendChannel {
         return;
       }
     }
-    if (ev & native.constants.DISCONNECT) this.close();
+    if (ev & sys.constants.DISCONNECT) this.close();
   }
 
   close(): void {

@@ -2,7 +2,7 @@
 // REM_MEM_REG), each mmapped from its fd, with strict translation of guest-physical addresses
 // (descriptor buffers) and front-end virtual addresses (ring locations).
 import fs from 'node:fs';
-import { native } from '../native/index.js';
+import { sys } from './sys.js';
 import { MAX_MEM_SLOTS, ProtocolError, type MemRegionDesc } from './protocol.js';
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
@@ -53,7 +53,7 @@ export class MemoryRegion {
     if (guestPhys + size > MAX_SAFE || userAddr + size > MAX_SAFE || mmapOffset + size > MAX_SAFE) {
       throw new ProtocolError('memory region addresses out of range');
     }
-    const c = native.constants;
+    const c = sys.constants;
     const total = Number(size + mmapOffset);
     // Touching a mapping past the end of its file raises SIGBUS: refuse regions larger than
     // their (regular or memfd) file up front.
@@ -63,10 +63,10 @@ export class MemoryRegion {
     try {
       for (let start = 0; start < total; start += CHUNK_STEP) {
         const len = Math.min(total, start + CHUNK_STEP + CHUNK_OVERLAP) - start;
-        chunks.push(native.mmap(fd, start, len, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED));
+        chunks.push(sys.mmap(fd, start, len, c.PROT_READ | c.PROT_WRITE, c.MAP_SHARED));
       }
     } catch (e) {
-      for (const ab of chunks) native.munmap(ab);
+      for (const ab of chunks) sys.munmap(ab);
       throw e;
     }
     return new MemoryRegion(
@@ -103,7 +103,7 @@ export class MemoryRegion {
 
   unmap(): void {
     if (this.chunks) {
-      for (const ab of this.chunks) native.munmap(ab);
+      for (const ab of this.chunks) sys.munmap(ab);
       this.chunks = null;
     }
   }

@@ -2,7 +2,7 @@
 // listening or an already connected socket) and serves one front-end connection at a time.
 // Further connections wait in the backlog until the current one ends.
 import fs from 'node:fs';
-import { native, isNativeError, type FdWatch } from '../native/index.js';
+import { sys, isSysError, type FdWatch } from './sys.js';
 import { VhostUserConnection, type VhostUserDevice } from './backend.js';
 import { closeQuietly } from './memory.js';
 import type { Logger } from './logger.js';
@@ -42,19 +42,19 @@ export class VhostUserServer {
     const { socketPath, fd, log } = this.opts;
     if (socketPath !== undefined && fd !== undefined) throw new Error('--socket-path and --fd are mutually exclusive');
     if (socketPath !== undefined) {
-      this.listenFd = native.unixListen(socketPath, 1);
+      this.listenFd = sys.unixListen(socketPath, 1);
       log.info({ socket: socketPath }, 'listening');
       this.armListen();
       return;
     }
     if (fd === undefined) throw new Error('a socket path or an fd is required');
-    native.setNonblocking(fd, true);
+    sys.setNonblocking(fd, true);
     // A listening socket accepts (or reports nothing pending); a connected one fails with EINVAL.
     let accepted: number;
     try {
-      accepted = native.accept(fd);
+      accepted = sys.accept(fd);
     } catch (e) {
-      if (isNativeError(e, 'EINVAL')) {
+      if (isSysError(e, 'EINVAL')) {
         log.info({ fd }, 'serving the connected socket given by --fd');
         this.serve(fd);
         return;
@@ -70,7 +70,7 @@ export class VhostUserServer {
   private armListen(): void {
     if (this.stopped || this.listenFd < 0) return;
     if (!this.listenWatch) {
-      this.listenWatch = native.watch(this.listenFd, 0, (_ev, err) => {
+      this.listenWatch = sys.watch(this.listenFd, 0, (_ev, err) => {
         if (err) {
           this.opts.log.error({ errno: err }, 'listening socket error');
           return this.finish('listen error');
@@ -82,14 +82,14 @@ export class VhostUserServer {
         }
       });
     }
-    this.listenWatch.start(native.constants.READABLE);
+    this.listenWatch.start(sys.constants.READABLE);
   }
 
   private onAcceptable(): void {
     if (this.conn || this.stopped) return;
     let fd: number;
     try {
-      fd = native.accept(this.listenFd);
+      fd = sys.accept(this.listenFd);
     } catch (e) {
       this.opts.log.error({ err: String(e) }, 'accept failed');
       return;

@@ -4,8 +4,9 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { native } from '../src/native/index.js';
+import { sys } from '../src/sys.js';
 import {
   Req,
   VhostUserServer,
@@ -17,11 +18,10 @@ import {
   silentLogger,
   u64,
   type VhostUserDevice,
-} from '../src/vhost-user/index.js';
-import { FakeGuest, MiniFrontEnd } from './support/fake-guest.js';
-import { SCRATCH_DIR } from './support/paths.js';
+} from '../src/index.js';
+import { FakeGuest, MiniFrontEnd } from '../src/testing.js';
 
-const C = native.constants;
+const C = sys.constants;
 const DESC = 0x1000;
 const AVAIL = 0x3000;
 const USED = 0x4000;
@@ -77,7 +77,7 @@ async function ping(g: FakeGuest, kick: number, slot: number): Promise<void> {
   const idx = ram.readUInt16LE(AVAIL + 2);
   ram.writeUInt16LE(0, AVAIL + 4 + 2 * (idx % QSIZE));
   ram.writeUInt16LE(idx + 1, AVAIL + 2);
-  native.eventfdWrite(kick, 1);
+  sys.eventfdWrite(kick, 1);
   await until(() => ram.readUInt16LE(USED + 2) === slot + 1, 'request answered');
   assert.equal(ram.toString('utf8', 0x20000, 0x20004), 'pong');
 }
@@ -93,18 +93,17 @@ async function handshake(fe: MiniFrontEnd, g: FakeGuest): Promise<void> {
 }
 
 test('20 connect/serve/disconnect cycles and 20 ring reset cycles leak no fds or mappings', async () => {
-  fs.mkdirSync(SCRATCH_DIR, { recursive: true });
-  const sock = path.join(SCRATCH_DIR, `vhost-server-${process.pid}.sock`);
+  const sock = path.join(os.tmpdir(), `vhost-server-${process.pid}.sock`);
   const g = new FakeGuest(1024 * 1024);
-  const kick = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = native.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const kick = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const call = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
   const fdsBefore = countFds();
   const mapsBefore = guestMaps();
   const server = new VhostUserServer({ socketPath: sock, reconnect: true, createDevice: pongDevice, log: silentLogger });
   server.start();
   try {
     for (let cycle = 0; cycle < 20; cycle++) {
-      const fe = new MiniFrontEnd(native.unixConnect(sock));
+      const fe = new MiniFrontEnd(sys.unixConnect(sock));
       await handshake(fe, g);
       await setupRing(fe, g, kick, call);
       await ping(g, kick, 0);
@@ -135,18 +134,17 @@ test('20 connect/serve/disconnect cycles and 20 ring reset cycles leak no fds or
 });
 
 test('--fd: an inherited listening socket and an inherited connected socket', async () => {
-  fs.mkdirSync(SCRATCH_DIR, { recursive: true });
-  const sock = path.join(SCRATCH_DIR, `vhost-server-fd-${process.pid}.sock`);
-  const lfd = native.unixListen(sock);
+  const sock = path.join(os.tmpdir(), `vhost-server-fd-${process.pid}.sock`);
+  const lfd = sys.unixListen(sock);
   const s1 = new VhostUserServer({ fd: lfd, createDevice: pongDevice, log: silentLogger });
   s1.start();
-  const fe = new MiniFrontEnd(native.unixConnect(sock));
+  const fe = new MiniFrontEnd(sys.unixConnect(sock));
   assert.equal((await fe.call(Req.GET_QUEUE_NUM)).readBigUInt64LE(0), 2n);
   fs.closeSync(fe.fd);
   assert.equal(await s1.done, 'front-end disconnected', 'without --reconnect the server finishes');
   fs.rmSync(sock, { force: true });
 
-  const [a, b] = native.socketpair();
+  const [a, b] = sys.socketpair();
   const s2 = new VhostUserServer({ fd: a, createDevice: pongDevice, log: silentLogger });
   s2.start();
   const fe2 = new MiniFrontEnd(b);
