@@ -18,7 +18,7 @@ import { FuseError, type RemoveMappingOne, type RequestContext, type SetupMappin
 import type { FuseServerOptions } from '../fuse/server.js';
 import type { ImageTreeHooks, TreeTarget } from '../vfs/index.js';
 import type { BackendChannel, Logger } from 'vhost-user-ts';
-import { ProtoFeature, SHMEM_MAP_R, bit } from 'vhost-user-ts';
+import { FS_MAP_R, ProtoFeature, SHMEM_MAP_READ_ONLY, bit } from 'vhost-user-ts';
 import { PAGE_SIZE, type Backing, type MapPiece } from '../share/backing.js';
 import { DaxWindow, DaxWindowError, type MapChannel } from '../share/dax.js';
 import type { FingerprintSource } from '../share/fingerprint.js';
@@ -201,7 +201,7 @@ export class ShareGuest {
         async map(windowOffset: number, pieces: MapPiece[]): Promise<void> {
           let at = windowOffset;
           for (const p of pieces) {
-            check(await ch.shmemMap({ shmid: 0, fdOffset: BigInt(p.fdOffset), shmOffset: BigInt(at), len: BigInt(p.length), flags: SHMEM_MAP_R }, p.fd), 'SHMEM_MAP');
+            check(await ch.shmemMap({ shmid: 0, fdOffset: BigInt(p.fdOffset), shmOffset: BigInt(at), len: BigInt(p.length), flags: SHMEM_MAP_READ_ONLY }, p.fd), 'SHMEM_MAP');
             at += p.length;
           }
         },
@@ -215,7 +215,7 @@ export class ShareGuest {
         let at = windowOffset;
         for (const p of pieces) {
           // FS_MAP carries one fd for all entries: one message per piece.
-          check(await ch.fsMap([{ fdOffset: BigInt(p.fdOffset), cacheOffset: BigInt(at), len: BigInt(p.length), flags: 1n /* read */ }], p.fd), 'FS_MAP');
+          check(await ch.fsMap([{ fdOffset: BigInt(p.fdOffset), cacheOffset: BigInt(at), len: BigInt(p.length), flags: FS_MAP_R }], p.fd), 'FS_MAP');
           at += p.length;
         }
       },

@@ -3,11 +3,10 @@
 // VhostUserDevice; this file knows nothing of FUSE or of any particular device type.
 import { sys, type FdWatch } from './sys.js';
 import { BackendChannel } from './backend-channel.js';
-import { GuestMemory, MemoryRegion, closeQuietly } from './memory.js';
+import { DEFAULT_MEMORY_LIMITS, GuestMemory, MemoryRegion, closeQuietly, type MemoryLimits } from './memory.js';
 import type { Logger } from './logger.js';
 import {
   FLAG_NEED_REPLY,
-  MAX_MEM_SLOTS,
   MessageFramer,
   ProtoFeature,
   ProtocolError,
@@ -24,7 +23,10 @@ import {
   decodeVringState,
   encodeConfig,
   encodeReply,
+  encodeShmemConfig,
   encodeVringState,
+  SHMEM_CONFIG_SIZE,
+  SHMEM_MAX_REGIONS,
   hasBit,
   requestName,
   u64,
@@ -39,16 +41,42 @@ export interface VhostUserDevice {
   readonly protocolFeatures?: bigint;
   /** Number of virtqueues (GET_QUEUE_NUM). */
   readonly numQueues: number;
+  /**
+   * VIRTIO shared memory regions (GET_SHMEM_CONFIG, with ProtoFeature.SHMEM): `[shmid]` = size
+   * in bytes, a page multiple; 0 = unused. Fixed for the connection. Virtio-fs: region 0 is the
+   * DAX cache window.
+   */
+  readonly shmemRegions?: readonly bigint[];
   /** Device config space bytes [offset, offset+size), or null if unsupported. */
   getConfig?(offset: number, size: number): Buffer | null;
   /** A descriptor chain to serve; the device must eventually call chain.queue.complete(chain, written). */
   handleChain(chain: DescriptorChain): void;
-  /** Features the front-end acknowledged. */
+  /**
+   * The negotiated features changed (SET_FEATURES / SET_PROTOCOL_FEATURES with new values; a
+   * repeat of the same values is no event).
+   */
   featuresAcked?(features: bigint, protocolFeatures: bigint): void;
-  /** The back-end channel appeared (or went away: null). */
-  backendChannel?(ch: BackendChannel | null): void;
+  /**
+   * The back-end channel appeared, was replaced (SET_BACKEND_REQ_FD again: requests go to the new
+   * one; what the front-end mapped through the old one stays mapped, only a device reset drops
+   * shared-memory mappings), or went away at disconnect (null).
+   */
+  backendChannel?(ch: BackendChannel | null, replaced?: BackendChannel): void;
   /** All queues stopped/reset (guest reset, RESET_DEVICE, disconnect). */
   reset?(reason: string): void;
+}
+
+/** Memory slots of a connection: what GET_MAX_MEM_SLOTS announced and how many regions are live. */
+export interface MemorySlots {
+  limit: number;
+  used: number;
+}
+
+export interface VhostUserBackendOptions {
+  /** Bounds on the guest memory one front-end may make us map (DEFAULT_MEMORY_LIMITS). */
+  memoryLimits?: Partial<MemoryLimits>;
+  /** How long a back-end channel request waits for its reply (default 5 s). */
+  backendReplyTimeoutMs?: number;
 }
 
 const TRANSPORT_FEATURES =
@@ -77,12 +105,29 @@ export class VhostUserBackend {
   readonly offeredFeatures: bigint;
   readonly offeredProtocolFeatures: bigint;
   stats = { messages: 0, refused: 0 };
+  readonly memoryLimits: Readonly<MemoryLimits>;
+  private readonly shmemConfig: Buffer;
+  private featuresSet = false;
+  private protocolFeaturesSet = false;
 
-  constructor(readonly device: VhostUserDevice, private readonly log: Logger) {
+  constructor(readonly device: VhostUserDevice, private readonly log: Logger, private readonly opts: VhostUserBackendOptions = {}) {
     if (device.numQueues < 1 || device.numQueues > 256) throw new Error('device must have 1..256 queues');
+    this.memoryLimits = { ...DEFAULT_MEMORY_LIMITS, ...opts.memoryLimits };
+    this.memory = GuestMemory.empty(this.memoryLimits);
+    const shmem = device.shmemRegions ?? [];
+    if (shmem.length > SHMEM_MAX_REGIONS) throw new Error(`at most ${SHMEM_MAX_REGIONS} shared memory regions`);
+    shmem.forEach((size, shmid) => {
+      if (size < 0n || size % BigInt(sys.pageSize) !== 0n) throw new Error(`shared memory region ${shmid}: ${size} bytes is not a multiple of the page size`);
+    });
+    this.shmemConfig = encodeShmemConfig(shmem);
     this.queues = Array.from({ length: device.numQueues }, (_, i) => new VirtQueue(i, log, (c) => this.device.handleChain(c)));
     this.offeredFeatures = device.features | TRANSPORT_FEATURES;
     this.offeredProtocolFeatures = BASE_PROTOCOL_FEATURES | (device.protocolFeatures ?? 0n);
+  }
+
+  /** Slots announced and in use: each region (guest RAM, and each shared-memory mapping QEMU echoes back) takes one. */
+  get memorySlots(): MemorySlots {
+    return { limit: this.memoryLimits.maxRegions, used: this.memory.regions.length };
   }
 
   private get protocolNegotiated(): boolean {
@@ -117,7 +162,10 @@ export class VhostUserBackend {
     } catch (e) {
       ok = false;
       this.stats.refused++;
-      this.log.warn({ request: requestName(msg.request), err: e instanceof Error ? e.message : String(e) }, 'vhost-user request refused');
+      // A hostile front-end can send refusable requests forever: the first few, then one in 1000.
+      if (this.stats.refused <= 10 || this.stats.refused % 1000 === 0) {
+        this.log.warn({ request: requestName(msg.request), refused: this.stats.refused, err: e instanceof Error ? e.message : String(e) }, 'vhost-user request refused');
+      }
       natural = NATURAL_REPLY.has(msg.request);
     } finally {
       for (const fd of msg.fds) closeQuietly(fd);
@@ -143,7 +191,11 @@ export class VhostUserBackend {
         const f = decodeU64(p);
         const extra = f & ~this.offeredFeatures;
         if (extra) this.log.warn({ extra: '0x' + extra.toString(16) }, 'front-end acked features we did not offer; ignoring them');
-        this.ackedFeatures = f & this.offeredFeatures;
+        const acked = f & this.offeredFeatures;
+        // QEMU sends SET_FEATURES at every device start: the same values again change nothing.
+        if (this.featuresSet && acked === this.ackedFeatures) return none;
+        this.featuresSet = true;
+        this.ackedFeatures = acked;
         for (const q of this.queues) {
           q.eventIdx = hasBit(this.ackedFeatures, VirtioFeature.RING_EVENT_IDX);
           q.indirect = hasBit(this.ackedFeatures, VirtioFeature.RING_INDIRECT_DESC);
@@ -154,8 +206,13 @@ export class VhostUserBackend {
       case Req.GET_PROTOCOL_FEATURES:
         return reply(u64(this.offeredProtocolFeatures));
       case Req.SET_PROTOCOL_FEATURES: {
-        const f = decodeU64(p);
-        this.ackedProtocolFeatures = f & this.offeredProtocolFeatures;
+        const acked = decodeU64(p) & this.offeredProtocolFeatures;
+        if (this.protocolFeaturesSet && acked === this.ackedProtocolFeatures) return none;
+        if (this.protocolFeaturesSet) {
+          this.log.warn({ was: '0x' + this.ackedProtocolFeatures.toString(16), now: '0x' + acked.toString(16) }, 'front-end changed the protocol features of a live connection');
+        }
+        this.protocolFeaturesSet = true;
+        this.ackedProtocolFeatures = acked;
         this.device.featuresAcked?.(this.ackedFeatures, this.ackedProtocolFeatures);
         return none;
       }
@@ -169,12 +226,12 @@ export class VhostUserBackend {
       case Req.GET_QUEUE_NUM:
         return reply(u64(this.queues.length));
       case Req.GET_MAX_MEM_SLOTS:
-        return reply(u64(MAX_MEM_SLOTS));
+        return reply(u64(this.memoryLimits.maxRegions));
       case Req.SET_MEM_TABLE: {
         const descs = decodeMemTable(p);
         const fds = msg.fds.splice(0);
-        const mem = GuestMemory.fromTable(descs, fds);
-        this.replaceMemory(mem, []);
+        const mem = GuestMemory.fromTable(descs, fds, this.memoryLimits);
+        this.replaceMemory(mem);
         this.log.info({ regions: mem.regions.length, bytes: mem.size }, 'memory table set');
         return none;
       }
@@ -184,7 +241,10 @@ export class VhostUserBackend {
         const fd = VhostUserBackend.takeFd(msg);
         let region: MemoryRegion;
         try {
-          region = MemoryRegion.map(d, fd);
+          // Checked before mapping anything: a front-end past the slots it was told gets a refusal.
+          const { limit, used } = this.memorySlots;
+          if (used >= limit) throw new ProtocolError(`ADD_MEM_REG: all ${limit} memory slots announced in GET_MAX_MEM_SLOTS are in use`);
+          region = MemoryRegion.map(d, fd, this.memoryLimits);
         } finally {
           closeQuietly(fd);
         }
@@ -195,17 +255,20 @@ export class VhostUserBackend {
           region.unmap();
           throw e;
         }
-        this.replaceMemory(next, next.regions);
-        this.log.debug({ guestPhys: '0x' + d.guestPhys.toString(16), size: '0x' + d.size.toString(16), regions: next.regions.length }, 'memory region added');
+        this.replaceMemory(next);
+        this.log.debug(
+          { guestPhys: '0x' + d.guestPhys.toString(16), size: '0x' + d.size.toString(16), writable: region.writable, regions: next.regions.length },
+          'memory region added',
+        );
         return none;
       }
       case Req.REM_MEM_REG: {
         if (!hasBit(this.ackedProtocolFeatures, ProtoFeature.CONFIGURE_MEM_SLOTS)) throw new ProtocolError('REM_MEM_REG without CONFIGURE_MEM_SLOTS');
         const d = decodeSingleRegion(p);
-        const r = this.memory.withoutRegion(d);
-        if (!r) throw new ProtocolError(`REM_MEM_REG: no region at guest 0x${d.guestPhys.toString(16)} size 0x${d.size.toString(16)}`);
-        this.replaceMemory(r.memory, r.memory.regions);
-        this.log.debug({ guestPhys: '0x' + d.guestPhys.toString(16), regions: r.memory.regions.length }, 'memory region removed');
+        const next = this.memory.withoutRegion(d);
+        if (!next) throw new ProtocolError(`REM_MEM_REG: no region at guest 0x${d.guestPhys.toString(16)} size 0x${d.size.toString(16)}`);
+        this.replaceMemory(next);
+        this.log.debug({ guestPhys: '0x' + d.guestPhys.toString(16), regions: next.regions.length }, 'memory region removed');
         return none;
       }
       case Req.SET_VRING_NUM: {
@@ -280,10 +343,16 @@ export class VhostUserBackend {
       }
       case Req.SET_BACKEND_REQ_FD: {
         const fd = VhostUserBackend.takeFd(msg);
-        this.closeChannel();
-        this.channel = new BackendChannel(fd, hasBit(this.ackedProtocolFeatures, ProtoFeature.REPLY_ACK), this.log);
-        this.log.info('back-end request channel connected');
-        this.device.backendChannel?.(this.channel);
+        const old = this.channel;
+        this.channel = new BackendChannel(fd, hasBit(this.ackedProtocolFeatures, ProtoFeature.REPLY_ACK), this.log, {
+          timeoutMs: this.opts.backendReplyTimeoutMs,
+          memorySlots: () => this.memorySlots,
+        });
+        // A replacement is one event, not "gone" then "new": the device keeps its state (what the
+        // front-end mapped stays mapped) and sends from now on through the new channel.
+        old?.close();
+        this.log.info({ replaced: old !== null }, 'back-end request channel connected');
+        this.device.backendChannel?.(this.channel, old ?? undefined);
         return none;
       }
       case Req.GET_CONFIG: {
@@ -299,16 +368,20 @@ export class VhostUserBackend {
         return none;
       case Req.GET_STATUS:
         return reply(u64(this.status));
+      case Req.GET_SHMEM_CONFIG:
+        if (!hasBit(this.ackedProtocolFeatures, ProtoFeature.SHMEM)) throw new ProtocolError('GET_SHMEM_CONFIG without the SHMEM protocol feature');
+        return reply(this.shmemConfig);
       default:
         throw new ProtocolError(`unsupported request ${requestName(msg.request)}`);
     }
   }
 
-  private replaceMemory(next: GuestMemory, keep: readonly MemoryRegion[]): void {
+  /** The new table takes over; the old one is unmapped region by region once no request holds it. */
+  private replaceMemory(next: GuestMemory): void {
     const old = this.memory;
     this.memory = next;
     for (const q of this.queues) q.setMemory(next);
-    old.retire(keep);
+    old.retire();
   }
 
   /** Stops taking chains, lets in-flight ones finish (bounded), then stops the ring. */
@@ -346,7 +419,7 @@ export class VhostUserBackend {
     for (const q of this.queues) q.reset();
     this.closeChannel();
     const old = this.memory;
-    this.memory = GuestMemory.empty();
+    this.memory = GuestMemory.empty(this.memoryLimits);
     old.retire();
     this.device.reset?.('disconnect');
   }
@@ -361,6 +434,7 @@ const NATURAL_REPLY = new Set<number>([
   Req.GET_CONFIG,
   Req.GET_MAX_MEM_SLOTS,
   Req.GET_STATUS,
+  Req.GET_SHMEM_CONFIG,
 ]);
 
 function failurePayload(msg: Message): Buffer {
@@ -370,15 +444,33 @@ function failurePayload(msg: Message): Buffer {
     case Req.GET_CONFIG:
       // Echo the header with size 0: the front-end sees the request failed.
       return msg.payload.length >= 12 ? Buffer.concat([msg.payload.subarray(0, 4), Buffer.alloc(4), msg.payload.subarray(8, 12)]) : Buffer.alloc(12);
+    case Req.GET_SHMEM_CONFIG:
+      // No regions.
+      return Buffer.alloc(SHMEM_CONFIG_SIZE);
     default:
       return u64(0);
   }
+}
+
+/** Messages read ahead of the one being handled, at most (then reading pauses). */
+export const MAX_QUEUED_MESSAGES = 64;
+/** Received fds held by queued messages, at most (then reading pauses). */
+export const MAX_QUEUED_FDS = 64;
+
+export interface VhostUserConnectionOptions extends VhostUserBackendOptions {
+  /** Bound on messages read ahead (default MAX_QUEUED_MESSAGES). */
+  maxQueuedMessages?: number;
+  /** Bound on fds those messages carry (default MAX_QUEUED_FDS). */
+  maxQueuedFds?: number;
 }
 
 /**
  * One front-end connection on a connected stream socket: reads whole messages (fds kept with
  * their message), hands them to the back-end one at a time (a handler may be async, e.g.
  * GET_VRING_BASE draining a queue) and writes replies. Emits onClose once.
+ *
+ * Reading stops while too many messages (or fds) wait behind a slow handler: a front-end that
+ * floods us fills its own socket buffer instead of our fd table; the kernel holds fds in flight.
  */
 export class VhostUserConnection {
   readonly backend: VhostUserBackend;
@@ -386,12 +478,19 @@ export class VhostUserConnection {
   private framer = new MessageFramer();
   private readonly buf = Buffer.alloc(4096 + 64);
   private queue: Message[] = [];
+  private queuedFds = 0;
+  private paused = false;
   private busy = false;
   private closed = false;
   private closeCallbacks: ((reason: string) => void)[] = [];
+  private readonly maxQueuedMessages: number;
+  private readonly maxQueuedFds: number;
+  stats = { pauses: 0 };
 
-  constructor(readonly fd: number, device: VhostUserDevice, private readonly log: Logger) {
-    this.backend = new VhostUserBackend(device, log);
+  constructor(readonly fd: number, device: VhostUserDevice, private readonly log: Logger, opts: VhostUserConnectionOptions = {}) {
+    this.backend = new VhostUserBackend(device, log, opts);
+    this.maxQueuedMessages = opts.maxQueuedMessages ?? MAX_QUEUED_MESSAGES;
+    this.maxQueuedFds = opts.maxQueuedFds ?? MAX_QUEUED_FDS;
     try {
       sys.setNonblocking(fd, true);
     } catch {
@@ -417,10 +516,14 @@ export class VhostUserConnection {
     return this.closed;
   }
 
+  private get full(): boolean {
+    return this.queue.length >= this.maxQueuedMessages || this.queuedFds >= this.maxQueuedFds;
+  }
+
   private onEvent(ev: number, err: number): void {
     if (this.closed) return;
     if (err) return this.close(`socket error ${err}`);
-    for (;;) {
+    while (!this.full) {
       const want = this.framer.wanted();
       if (want > 0) {
         let r: { bytes: number; fds: number[] };
@@ -442,7 +545,19 @@ export class VhostUserConnection {
       } catch (e) {
         return this.close(`protocol error: ${e instanceof Error ? e.message : String(e)}`);
       }
-      if (m) this.queue.push(m);
+      if (m) {
+        this.queue.push(m);
+        this.queuedFds += m.fds.length;
+      }
+    }
+    if (this.full && !this.paused) {
+      // Resumed by pump() once the queue has room again.
+      this.paused = true;
+      this.stats.pauses++;
+      this.watch?.stop();
+      if (this.stats.pauses === 1 || this.stats.pauses % 1000 === 0) {
+        this.log.warn({ queued: this.queue.length, fds: this.queuedFds, pauses: this.stats.pauses }, 'front-end is sending faster than requests are handled; reading paused');
+      }
     }
     if (ev & sys.constants.DISCONNECT && !(ev & sys.constants.READABLE)) return this.close('front-end disconnected');
     this.pump().catch((e: unknown) => {
@@ -457,6 +572,7 @@ export class VhostUserConnection {
     try {
       while (!this.closed && this.queue.length) {
         const m = this.queue.shift()!;
+        this.queuedFds -= m.fds.length;
         const reply = await this.backend.handle(m);
         if (this.closed) break;
         if (reply) {
@@ -467,6 +583,11 @@ export class VhostUserConnection {
             this.close(`write failed: ${String(e)}`);
             break;
           }
+        }
+        if (this.paused && this.queue.length === 0) {
+          this.paused = false;
+          // Level-triggered: what waited in the socket is read at once.
+          this.watch?.start(sys.constants.READABLE | sys.constants.DISCONNECT);
         }
       }
     } finally {
@@ -485,6 +606,7 @@ export class VhostUserConnection {
     }
     for (const m of this.queue) for (const fd of m.fds) closeQuietly(fd);
     this.queue = [];
+    this.queuedFds = 0;
     for (const fd of this.framer.drainFds()) closeQuietly(fd);
     this.backend.teardown();
     closeQuietly(this.fd);

@@ -3,12 +3,10 @@
 // u32 size} followed by `size` payload bytes; file descriptors travel as SCM_RIGHTS.
 
 export const HEADER_SIZE = 12;
-/** Largest payload we accept; the biggest legitimate one is a full memory table (8 + 8 × 32). */
+/** Largest payload we accept; the biggest a front-end sends is a full memory table (8 + 8 regions × 32 bytes). */
 export const MAX_PAYLOAD = 4096;
 /** Regions in one SET_MEM_TABLE message (VHOST_MEMORY_BASELINE_NREGIONS). */
 export const MAX_TABLE_REGIONS = 8;
-/** Memory slots we announce with GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS). */
-export const MAX_MEM_SLOTS = 32;
 export const MAX_QUEUE_SIZE = 32768;
 export const MAX_CONFIG_SIZE = 256;
 
@@ -62,6 +60,8 @@ export const Req = {
   GET_SHARED_OBJECT: 41,
   SET_DEVICE_STATE_FD: 42,
   CHECK_DEVICE_STATE: 43,
+  /** QEMU 11.1: the back-end's VIRTIO shared memory regions (needs ProtoFeature.SHMEM). */
+  GET_SHMEM_CONFIG: 44,
 } as const;
 
 const reqNames = new Map<number, string>(Object.entries(Req).map(([k, v]) => [v, k]));
@@ -74,13 +74,15 @@ export const BackendReq = {
   IOTLB_MSG: 1,
   CONFIG_CHANGE_MSG: 2,
   VRING_HOST_NOTIFIER_MSG: 3,
+  VRING_CALL: 4,
+  VRING_ERR: 5,
   SHARED_OBJECT_ADD: 6,
   SHARED_OBJECT_REMOVE: 7,
   SHARED_OBJECT_LOOKUP: 8,
   SHMEM_MAP: 9,
   SHMEM_UNMAP: 10,
-  // Legacy virtio-fs DAX dialect: the same numbers as SHARED_OBJECT_*; only for front-ends
-  // configured to speak it.
+  // Legacy virtio-fs DAX dialect (virtio-fs development QEMU, Kata, Cloud Hypervisor): the same
+  // numbers as SHARED_OBJECT_* and SHMEM_MAP; only for front-ends configured to speak it.
   FS_MAP: 6,
   FS_UNMAP: 7,
   FS_SYNC: 8,
@@ -109,7 +111,13 @@ export const ProtoFeature = {
   XEN_MMAP: 17,
   SHARED_OBJECT: 18,
   DEVICE_STATE: 19,
-  SHMEM: 20,
+  GET_VRING_BASE_INFLIGHT: 20,
+  GPA_ADDRESSES: 21,
+  /**
+   * VIRTIO shared memory (GET_SHMEM_CONFIG, SHMEM_MAP/UNMAP), as merged in QEMU 11.1; the spec's
+   * table names it SHMEM_MAP. Drafts of the series (and rust-vmm vhost <= 0.16) used bit 20 or 21.
+   */
+  SHMEM: 22,
 } as const;
 
 /** Virtio feature bit numbers used by the transport. */
@@ -327,11 +335,13 @@ export interface ShmemMapMsg {
   flags: bigint;
 }
 
-export const SHMEM_MAP_R = 1n;
-export const SHMEM_MAP_W = 2n;
+/** SHMEM_MAP `flags` bit 0 (VHOST_USER_FLAG_MAP_RW): 1 = read-write, 0 = read-only. */
+export const SHMEM_MAP_RW = 1n;
+export const SHMEM_MAP_READ_ONLY = 0n;
+export const SHMEM_MAP_SIZE = 40;
 
 export function encodeShmemMap(m: ShmemMapMsg): Buffer {
-  const b = Buffer.alloc(40);
+  const b = Buffer.alloc(SHMEM_MAP_SIZE);
   b.writeUInt8(m.shmid & 0xff, 0);
   b.writeBigUInt64LE(m.fdOffset, 8);
   b.writeBigUInt64LE(m.shmOffset, 16);
@@ -341,7 +351,7 @@ export function encodeShmemMap(m: ShmemMapMsg): Buffer {
 }
 
 export function decodeShmemMap(p: Buffer): ShmemMapMsg {
-  need(p, 40, 'shmem map');
+  need(p, SHMEM_MAP_SIZE, 'shmem map');
   return {
     shmid: p.readUInt8(0),
     fdOffset: p.readBigUInt64LE(8),
@@ -351,8 +361,42 @@ export function decodeShmemMap(p: Buffer): ShmemMapMsg {
   };
 }
 
+/** GET_SHMEM_CONFIG reply: {u32 nregions, u32 padding, u64 memory_sizes[256]}, index = shmid. */
+export const SHMEM_MAX_REGIONS = 256;
+export const SHMEM_CONFIG_SIZE = 8 + 8 * SHMEM_MAX_REGIONS;
+
+/**
+ * `sizes[shmid]` is region shmid's size (0 = unused). nregions counts the regions in use: QEMU
+ * 11.1 scans the array until it has seen that many non-zero sizes.
+ */
+export function encodeShmemConfig(sizes: readonly bigint[]): Buffer {
+  if (sizes.length > SHMEM_MAX_REGIONS) throw new ProtocolError(`shmem config: ${sizes.length} regions (max ${SHMEM_MAX_REGIONS})`);
+  const b = Buffer.alloc(SHMEM_CONFIG_SIZE);
+  let n = 0;
+  sizes.forEach((size, shmid) => {
+    if (size < 0n) throw new ProtocolError(`shmem region ${shmid}: negative size`);
+    if (size > 0n) n++;
+    b.writeBigUInt64LE(size, 8 + 8 * shmid);
+  });
+  b.writeUInt32LE(n, 0);
+  return b;
+}
+
+export function decodeShmemConfig(p: Buffer): bigint[] {
+  need(p, SHMEM_CONFIG_SIZE, 'shmem config');
+  const n = p.readUInt32LE(0);
+  if (n > SHMEM_MAX_REGIONS) throw new ProtocolError(`shmem config: ${n} regions`);
+  const sizes: bigint[] = [];
+  for (let i = 0; i < SHMEM_MAX_REGIONS; i++) sizes.push(p.readBigUInt64LE(8 + 8 * i));
+  while (sizes.length && sizes[sizes.length - 1] === 0n) sizes.pop();
+  return sizes;
+}
+
 /** Legacy FS_MAP / FS_UNMAP: four arrays of 8 u64 (fd_offset, cache_offset, len, flags). */
 export const FS_MAP_ENTRIES = 8;
+/** FS_MAP entry flags: bit 0 read, bit 1 write. */
+export const FS_MAP_R = 1n;
+export const FS_MAP_W = 2n;
 export const FS_MAP_SIZE = 4 * 8 * FS_MAP_ENTRIES;
 
 export interface FsMapEntry {

@@ -3,7 +3,7 @@
 // Further connections wait in the backlog until the current one ends.
 import fs from 'node:fs';
 import { sys, isSysError, type FdWatch } from './sys.js';
-import { VhostUserConnection, type VhostUserDevice } from './backend.js';
+import { VhostUserConnection, type VhostUserConnectionOptions, type VhostUserDevice } from './backend.js';
 import { closeQuietly } from './memory.js';
 import type { Logger } from './logger.js';
 
@@ -17,6 +17,8 @@ export interface VhostUserServerOptions {
   /** A device per connection (state from a previous VM must not leak into the next). */
   createDevice: () => VhostUserDevice;
   log: Logger;
+  /** Limits and timeouts for each connection (guest memory, queued messages, back-end replies). */
+  connection?: VhostUserConnectionOptions;
 }
 
 export class VhostUserServer {
@@ -105,7 +107,7 @@ export class VhostUserServer {
     log.info({ connection: this.connections }, 'front-end connected');
     let conn: VhostUserConnection;
     try {
-      conn = new VhostUserConnection(fd, this.opts.createDevice(), log);
+      conn = new VhostUserConnection(fd, this.opts.createDevice(), log, this.opts.connection);
     } catch (e) {
       closeQuietly(fd);
       log.error({ err: String(e) }, 'cannot set up connection');

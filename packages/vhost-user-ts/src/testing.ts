@@ -19,6 +19,7 @@ import {
   type MemRegionDesc,
 } from './protocol.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from './virtqueue.js';
+import type { Logger } from './logger.js';
 
 const C = sys.constants;
 
@@ -147,17 +148,28 @@ export class TestRing {
 
   /** Sends `request` with `replyRoom` writable bytes; resolves with what the device wrote. */
   async request(request: Buffer, replyRoom: number, timeoutMs = 2000): Promise<Buffer> {
-    const { desc, avail, used, size, data } = this.layout;
+    const { data } = this.layout;
     const ram = this.guest.ram;
     const gpa = (off: number): bigint => BigInt(this.guest.gpaBase + off);
     request.copy(ram, data);
-    ram.writeBigUInt64LE(gpa(data), desc);
-    ram.writeUInt32LE(request.length, desc + 8);
-    ram.writeUInt16LE(VIRTQ_DESC_F_NEXT, desc + 12);
-    ram.writeUInt16LE(1, desc + 14);
-    ram.writeBigUInt64LE(gpa(data + 0x10000), desc + 16);
-    ram.writeUInt32LE(replyRoom, desc + 24);
-    ram.writeUInt16LE(VIRTQ_DESC_F_WRITE, desc + 28);
+    const len = await this.chain([{ gpa: gpa(data), len: request.length }, { gpa: gpa(data + 0x10000), len: replyRoom, write: true }], timeoutMs);
+    return Buffer.from(ram.subarray(data + 0x10000, data + 0x10000 + len));
+  }
+
+  /**
+   * Offers one chain of descriptors (table entries 0..n-1, anywhere in guest-physical space),
+   * kicks, and resolves with the length the device reported in the used ring.
+   */
+  async chain(descs: { gpa: bigint; len: number; write?: boolean }[], timeoutMs = 2000): Promise<number> {
+    const { desc, avail, used, size } = this.layout;
+    const ram = this.guest.ram;
+    descs.forEach((d, i) => {
+      const o = desc + 16 * i;
+      ram.writeBigUInt64LE(d.gpa, o);
+      ram.writeUInt32LE(d.len, o + 8);
+      ram.writeUInt16LE((i + 1 < descs.length ? VIRTQ_DESC_F_NEXT : 0) | (d.write ? VIRTQ_DESC_F_WRITE : 0), o + 12);
+      ram.writeUInt16LE(i + 1 < descs.length ? i + 1 : 0, o + 14);
+    });
     const idx = ram.readUInt16LE(avail + 2);
     ram.writeUInt16LE(0, avail + 4 + 2 * (idx % size));
     ram.writeUInt16LE((idx + 1) & 0xffff, avail + 2);
@@ -168,8 +180,7 @@ export class TestRing {
       if (Date.now() > end) throw new Error('no completion from the device');
       await new Promise((r) => setTimeout(r, 2));
     }
-    const len = ram.readUInt32LE(used + 4 + 8 * (usedBefore % size) + 4);
-    return Buffer.from(ram.subarray(data + 0x10000, data + 0x10000 + len));
+    return ram.readUInt32LE(used + 4 + 8 * (usedBefore % size) + 4);
   }
 
   close(): void {
@@ -195,4 +206,28 @@ export async function handshake(fe: MiniFrontEnd, guest: FakeGuest): Promise<{ f
     if (status !== 0n) throw new Error(`${requestName(req)} refused (status ${status})`);
   }
   return { features, protocolFeatures };
+}
+
+export interface LogLine {
+  level: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  msg: string;
+  fields: object;
+}
+
+/** A Logger that keeps what it is given, to assert on log lines. */
+export function recordingLogger(): Logger & { lines: LogLine[]; count(level: LogLine['level'], msg: string | RegExp): number } {
+  const lines: LogLine[] = [];
+  const at = (level: LogLine['level']) => (obj: object | string, msg?: string): void => {
+    if (typeof obj === 'string') lines.push({ level, msg: obj, fields: {} });
+    else lines.push({ level, msg: msg ?? '', fields: obj });
+  };
+  return {
+    lines,
+    trace: at('trace'),
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    count: (level, msg) => lines.filter((l) => l.level === level && (typeof msg === 'string' ? l.msg === msg : msg.test(l.msg))).length,
+  };
 }

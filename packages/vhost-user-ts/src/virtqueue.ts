@@ -398,7 +398,7 @@ export class VirtQueue {
       if (flags & VIRTQ_DESC_F_WRITE) {
         wlen += len;
         if (wlen > MAX_CHAIN_BYTES) throw new ChainError(`writable part over ${MAX_CHAIN_BYTES} bytes`);
-        if (len) mem.pushGpaSlices(addr, len, writable);
+        if (len) mem.pushGpaSlices(addr, len, writable, true);
       } else {
         if (wlen > 0 || writable.length) throw new ChainError('device-readable descriptor after a writable one');
         rlen += len;

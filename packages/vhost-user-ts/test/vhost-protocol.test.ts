@@ -8,6 +8,7 @@ import { sys } from '../src/sys.js';
 import { FakeGuest, MiniFrontEnd, dupFd } from '../src/testing.js';
 import {
   BackendChannel,
+  DEFAULT_MEMORY_LIMITS,
   MAX_INFLIGHT,
   FLAG_NEED_REPLY,
   FLAG_REPLY,
@@ -421,7 +422,7 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
     }
     fe.send(Req.SET_PROTOCOL_FEATURES, u64(pf));
     assert.equal((await fe.call(Req.GET_QUEUE_NUM)).readBigUInt64LE(0), 2n);
-    assert.equal((await fe.call(Req.GET_MAX_MEM_SLOTS)).readBigUInt64LE(0), 32n);
+    assert.equal((await fe.call(Req.GET_MAX_MEM_SLOTS)).readBigUInt64LE(0), BigInt(DEFAULT_MEMORY_LIMITS.maxRegions));
     assert.equal(await fe.ack(Req.SET_OWNER), 0n);
     assert.equal(await fe.ack(Req.SET_FEATURES, u64(feats)), 0n);
     assert.equal(await fe.ack(Req.SET_MEM_TABLE, encodeMemTable([g.region()]), [g.fd]), 0n);
@@ -480,7 +481,7 @@ test('back-end: handshake, REPLY_ACK, rings, unknown requests refused, clean tea
 
 test('back-end channel: SHMEM_MAP with an fd and REPLY_ACK, FS_UNMAP, failure status, close rejects', async () => {
   const [ours, theirs] = sys.socketpair();
-  const ch = new BackendChannel(ours, true, silentLogger, 1000);
+  const ch = new BackendChannel(ours, true, silentLogger, { timeoutMs: 1000 });
   const memfd = sys.memfdCreate('channel-test', C.MFD_CLOEXEC);
   const buf = Buffer.alloc(512);
   const readReq = async (): Promise<{ req: number; flags: number; payload: Buffer; fds: number[] }> => {
