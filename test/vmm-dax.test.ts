@@ -79,6 +79,7 @@ for (const dialect of ['shmem', 'fs-map'] as const) {
         tag: 'dax', numRequestQueues: 1, log: silentLogger,
         server: stubServer(dialect, () => channel, memfd),
         protocolFeatures: dialect === 'shmem' ? bit(ProtoFeature.SHMEM) : 0n,
+        shmemRegions: dialect === 'shmem' ? [BigInt(WINDOW)] : undefined,
         onBackendChannel: (ch) => { channel = ch; },
       }),
     });

@@ -279,6 +279,7 @@ export function startServe(args: ServeArgs, log: Logger = createLogger(args.logL
         return new VirtioFsDevice({
           tag, numRequestQueues, server: fuse, log: vmLog,
           protocolFeatures: daxProtocol === 'shmem' && windowSize > 0 ? bit(ProtoFeature.SHMEM) : 0n,
+          shmemRegions: daxProtocol === 'shmem' && windowSize > 0 ? [BigInt(windowSize)] : undefined,
           onFeaturesAcked: (f, pf) => guest.featuresAcked(f, pf),
           onBackendChannel: (ch) => guest.backendChannel(ch),
           onReset: () => guest.reset(),

@@ -50,6 +50,8 @@ export interface VirtioFsDeviceOptions {
   log: Logger;
   /** Extra protocol features (e.g. for DAX window dialects); none by default. */
   protocolFeatures?: bigint;
+  /** VIRTIO shared memory region sizes by shmid (GET_SHMEM_CONFIG); region 0 is the DAX cache window. */
+  shmemRegions?: readonly bigint[];
   /** Called with the back-end channel when the front-end provides one (DAX uses it). */
   onBackendChannel?: (ch: BackendChannel | null) => void;
   onReset?: (reason: string) => void;
@@ -92,6 +94,7 @@ export function scatter(parts: Buffer[], dst: Buffer[]): number {
 export class VirtioFsDevice implements VhostUserDevice {
   readonly features = 0n;
   readonly protocolFeatures: bigint;
+  readonly shmemRegions: readonly bigint[] | undefined;
   readonly numQueues: number;
   private readonly config: Buffer;
   stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0, placed: 0 };
@@ -105,6 +108,7 @@ export class VirtioFsDevice implements VhostUserDevice {
     this.numQueues = 1 + opts.numRequestQueues;
     this.config = encodeVirtioFsConfig(opts.tag, opts.numRequestQueues);
     this.protocolFeatures = opts.protocolFeatures ?? 0n;
+    this.shmemRegions = opts.shmemRegions;
   }
 
   getConfig(offset: number, size: number): Buffer | null {

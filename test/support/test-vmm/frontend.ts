@@ -6,7 +6,7 @@ import { GuestMemory, type GuestMemoryOptions } from './memory.js';
 import { Virtqueue } from './virtqueue.js';
 import {
   BackendReq, FLAG_NEED_REPLY, FLAG_REPLY, Feature, MessageParser, ProtoFeature, Req, bit, encode, hasBit,
-  memTable, requestName, singleRegion, u64, vringAddr, vringState, type Message,
+  memTable, requestName, singleRegion, u64, vringAddr, vringState, type MemRegionDesc, type Message,
 } from './protocol.js';
 
 const C = native.constants;
@@ -27,8 +27,13 @@ export interface FrontendOptions {
   protocolFeatures?: number[];
   /** 'set': SET_MEM_TABLE; 'add': ADD_MEM_REG per region (needs CONFIGURE_MEM_SLOTS). Default 'set'. */
   memTableMode?: 'set' | 'add';
-  /** A DAX window: reserved address space the back-end may map into. */
-  dax?: { windowSize: number; dialect: DaxDialect };
+  /**
+   * A DAX window: reserved address space the back-end may map into. With 'shmem' its size is
+   * region 0 of the back-end's GET_SHMEM_CONFIG reply (as QEMU 11.1 sizes the BAR) and
+   * `windowSize` must agree; `echo` makes every mapping come back to the back-end as
+   * ADD_MEM_REG (REM_MEM_REG when unmapped) at `windowGpa` + offset, as QEMU 11.1 does.
+   */
+  dax?: { windowSize: number; dialect: DaxDialect; echo?: boolean; windowGpa?: bigint };
   /** Control-plane reply timeout. Default 10 s. */
   replyTimeoutMs?: number;
 }
@@ -42,7 +47,7 @@ interface ReplyWaiter { request: number; resolve: (m: Message) => void; reject: 
 
 export interface BackendEvent { request: number; flags: number; payload: Buffer; fdCount: number; result: number }
 
-export interface DaxMapping { offset: number; length: number; fdOffset: bigint; prot: number }
+export interface DaxMapping { offset: number; length: number; fdOffset: bigint; prot: number; echoed?: MemRegionDesc }
 
 export class VhostUserError extends Error {}
 
@@ -68,6 +73,10 @@ export class VhostUserFrontend {
   backendProtocolFeatures = 0n;
   queueNum = 0;
   maxMemSlots = 0;
+  /** The back-end's GET_SHMEM_CONFIG reply (sizes by shmid), with SHMEM negotiated. */
+  shmemSizes: bigint[] = [];
+  /** ADD_MEM_REG echoes of window mappings refused by the back-end. */
+  echoRefusals = 0;
   mem: GuestMemory;
   queues: Virtqueue[] = [];
   readonly backendEvents: BackendEvent[] = [];
@@ -114,8 +123,8 @@ export class VhostUserFrontend {
     }
     try {
       fe.watch = native.watch(fd, C.READABLE | C.DISCONNECT, () => fe.onReadable());
-      if (opts.dax) fe.daxWindow = native.reserve(opts.dax.windowSize);
       await fe.negotiate();
+      if (opts.dax) fe.daxWindow = native.reserve(fe.windowSize(opts.dax));
       await fe.startDevice();
     } catch (e) {
       fe.close();
@@ -271,6 +280,25 @@ export class VhostUserFrontend {
     if (this.has(ProtoFeature.CONFIGURE_MEM_SLOTS)) {
       this.maxMemSlots = Number((await this.get(Req.GET_MAX_MEM_SLOTS)).readBigUInt64LE(0));
     }
+    if (this.has(ProtoFeature.SHMEM)) {
+      const r = await this.get(Req.GET_SHMEM_CONFIG);
+      if (r.length !== 8 + 8 * 256) throw new VhostUserError(`GET_SHMEM_CONFIG reply of ${r.length} bytes`);
+      const n = r.readUInt32LE(0);
+      for (let i = 0, seen = 0; i < 256 && seen < n; i++) {
+        const size = r.readBigUInt64LE(8 + 8 * i);
+        this.shmemSizes[i] = size;
+        if (size) seen++;
+      }
+    }
+  }
+
+  /** The DAX window's size: the back-end's region 0 with SHMEM (QEMU 11.1), else ours. */
+  private windowSize(dax: NonNullable<FrontendOptions['dax']>): number {
+    if (dax.dialect !== 'shmem') return dax.windowSize;
+    const size = Number(this.shmemSizes[0] ?? 0n);
+    if (size === 0) throw new VhostUserError('the back-end reports no shared memory region 0 (GET_SHMEM_CONFIG)');
+    if (size !== dax.windowSize) throw new VhostUserError(`the back-end's window is ${size} bytes, the test expects ${dax.windowSize}`);
+    return size;
   }
 
   /** SET_FEATURES, memory table, every vring, DRIVER_OK. */
@@ -374,20 +402,60 @@ export class VhostUserFrontend {
     }
   }
 
+  private backendLock: Promise<unknown> = Promise.resolve();
+
+  /** One back-end request at a time, answered in order (as QEMU's handler does). */
   private onBackendMessage(m: Message): void {
-    let result = 0n;
-    try {
-      result = this.handleBackendRequest(m);
-    } catch {
-      result = 1n;
-    } finally {
-      for (const f of m.fds) fs.closeSync(f);
+    this.backendLock = this.backendLock.then(async () => {
+      let result = 0n;
+      try {
+        result = this.handleBackendRequest(m);
+        if (result === 0n) await this.echoWindowChange(m);
+      } catch {
+        result = 1n;
+      } finally {
+        for (const f of m.fds) fs.closeSync(f);
+      }
+      this.backendEvents.push({ request: m.request, flags: m.flags, payload: m.payload, fdCount: m.fds.length, result: Number(result) });
+      if (m.flags & FLAG_NEED_REPLY && this.backendFd >= 0) {
+        native.sendmsg(this.backendFd, encode(m.request, FLAG_REPLY, u64(result)));
+      }
+    });
+  }
+
+  /**
+   * QEMU 11.1: a window mapping is guest RAM too, so it goes to the back-end as a memory region
+   * (ADD_MEM_REG with the mapped fd; REM_MEM_REG when unmapped), acked before the map request is
+   * answered. A refused echo is counted (QEMU prints "vhost_set_mem_table failed").
+   */
+  private async echoWindowChange(m: Message): Promise<void> {
+    const dax = this.opts.dax;
+    if (!dax?.echo || dax.dialect !== 'shmem' || !this.daxWindow) return;
+    const base = dax.windowGpa ?? 0x100_0000_0000n;
+    const va = native.addressOf(this.daxWindow);
+    for (const r of this.unechoed.splice(0)) {
+      try {
+        await this.set(Req.REM_MEM_REG, singleRegion({ ...r, mmapOffset: 0n }));
+      } catch {
+        this.echoRefusals++;
+      }
     }
-    this.backendEvents.push({ request: m.request, flags: m.flags, payload: m.payload, fdCount: m.fds.length, result: Number(result) });
-    if (m.flags & FLAG_NEED_REPLY) {
-      native.sendmsg(this.backendFd, encode(m.request, FLAG_REPLY, u64(result)));
+    if (m.request === BackendReq.SHMEM_MAP) {
+      const off = Number(m.payload.readBigUInt64LE(16));
+      const map = this.daxMappings.get(off);
+      if (!map) return;
+      map.echoed = { guestPhys: base + BigInt(off), size: BigInt(map.length), userAddr: va + BigInt(off), mmapOffset: map.fdOffset };
+      try {
+        await this.set(Req.ADD_MEM_REG, singleRegion(map.echoed), [m.fds[0]!]);
+      } catch {
+        this.echoRefusals++;
+        map.echoed = undefined;
+      }
     }
   }
+
+  /** Echoed regions whose window mappings went away, not yet removed from the back-end. */
+  private unechoed: MemRegionDesc[] = [];
 
   private handleBackendRequest(m: Message): bigint {
     const dax = this.opts.dax;
@@ -425,7 +493,10 @@ export class VhostUserFrontend {
     if (!win || fd === undefined) return 1n;
     const page = BigInt(native.pageSize);
     if (off % page || len % page || fdOffset % page || len === 0n || off + len > BigInt(win.byteLength)) return 1n;
-    const prot = ((flags & 1n) ? C.PROT_READ : 0) | ((flags & 2n) ? C.PROT_WRITE : 0);
+    // SHMEM_MAP: flags bit 0 = read-write (0 = read-only); FS_MAP: bit 0 read, bit 1 write.
+    const prot = this.opts.dax?.dialect === 'shmem'
+      ? C.PROT_READ | ((flags & 1n) ? C.PROT_WRITE : 0)
+      : ((flags & 1n) ? C.PROT_READ : 0) | ((flags & 2n) ? C.PROT_WRITE : 0);
     native.mapFixed(win, Number(off), fd, Number(fdOffset), Number(len), prot || C.PROT_READ);
     this.forgetDaxRange(Number(off), Number(len));
     this.daxMappings.set(Number(off), { offset: Number(off), length: Number(len), fdOffset, prot });
@@ -445,7 +516,39 @@ export class VhostUserFrontend {
   }
 
   private forgetDaxRange(off: number, len: number): void {
-    for (const [k, m] of this.daxMappings) if (m.offset < off + len && off < m.offset + m.length) this.daxMappings.delete(k);
+    for (const [k, m] of this.daxMappings) {
+      if (m.offset < off + len && off < m.offset + m.length) {
+        if (m.echoed) this.unechoed.push(m.echoed);
+        this.daxMappings.delete(k);
+      }
+    }
+  }
+
+  /** Window mappings currently echoed to the back-end as memory regions. */
+  get echoedRegions(): number {
+    let n = 0;
+    for (const m of this.daxMappings.values()) if (m.echoed) n++;
+    return n;
+  }
+
+  /**
+   * SET_BACKEND_REQ_FD again with a new socketpair (what a front-end re-initialising its side
+   * does); the old channel is closed. Window mappings stay.
+   */
+  async replaceBackendChannel(): Promise<void> {
+    const [mine, theirs] = native.socketpair();
+    try {
+      await this.set(Req.SET_BACKEND_REQ_FD, undefined, [theirs]);
+    } catch (e) {
+      fs.closeSync(mine);
+      throw e;
+    } finally {
+      fs.closeSync(theirs);
+    }
+    this.backendWatch?.close();
+    if (this.backendFd >= 0) fs.closeSync(this.backendFd);
+    this.backendFd = mine;
+    this.backendWatch = native.watch(mine, C.READABLE | C.DISCONNECT, () => this.onBackendReadable());
   }
 
   /** A view of the DAX window (throws when there is none). */

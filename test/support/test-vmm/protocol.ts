@@ -37,6 +37,7 @@ export const Req = {
   REM_MEM_REG: 38,
   SET_STATUS: 39,
   GET_STATUS: 40,
+  GET_SHMEM_CONFIG: 44,
 } as const;
 
 /** Back-end → front-end requests on the back-end channel. */
@@ -66,7 +67,8 @@ export const ProtoFeature = {
   INBAND_NOTIFICATIONS: 14,
   CONFIGURE_MEM_SLOTS: 15,
   STATUS: 16,
-  SHMEM: 20,
+  /** QEMU 11.1's VHOST_USER_PROTOCOL_F_SHMEM (bits 20 and 21 are other features). */
+  SHMEM: 22,
 } as const;
 
 /** Virtio feature bits. */
