@@ -186,13 +186,20 @@ export class ShareGuest {
       delete this.fuseOptions.inodeDax;
       return;
     }
-    this.window?.reset();
-    this.window = new DaxWindow(dax.windowSize, this.mapChannel(this.channel!, dax.protocol), (b) => this.registry.unpinned(b));
+    // A replaced channel or a repeated negotiation keeps the window and what it maps: the VMM
+    // holds those mappings until a device reset, and requests now go through the current channel.
+    if (this.window) return;
+    this.window = new DaxWindow(dax.windowSize, this.mapChannel(() => this.currentChannel(), dax.protocol), (b) => this.registry.unpinned(b));
     this.fuseOptions.mapAlignment = Math.log2(PAGE_SIZE);
     this.fuseOptions.inodeDax = dax.policy !== 'never';
   }
 
-  private mapChannel(ch: BackendChannel, dialect: DaxProtocol): MapChannel {
+  private currentChannel(): BackendChannel {
+    if (!this.channel) throw new Error('no back-end channel');
+    return this.channel;
+  }
+
+  private mapChannel(ch: () => BackendChannel, dialect: DaxProtocol): MapChannel {
     const check = (status: bigint, what: string): void => {
       if (status !== 0n) throw new Error(`${what} failed (status ${status})`);
     };
@@ -201,12 +208,12 @@ export class ShareGuest {
         async map(windowOffset: number, pieces: MapPiece[]): Promise<void> {
           let at = windowOffset;
           for (const p of pieces) {
-            check(await ch.shmemMap({ shmid: 0, fdOffset: BigInt(p.fdOffset), shmOffset: BigInt(at), len: BigInt(p.length), flags: SHMEM_MAP_READ_ONLY }, p.fd), 'SHMEM_MAP');
+            check(await ch().shmemMap({ shmid: 0, fdOffset: BigInt(p.fdOffset), shmOffset: BigInt(at), len: BigInt(p.length), flags: SHMEM_MAP_READ_ONLY }, p.fd), 'SHMEM_MAP');
             at += p.length;
           }
         },
         async unmap(windowOffset: number, length: number): Promise<void> {
-          check(await ch.shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: BigInt(windowOffset), len: BigInt(length), flags: 0n }), 'SHMEM_UNMAP');
+          check(await ch().shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: BigInt(windowOffset), len: BigInt(length), flags: 0n }), 'SHMEM_UNMAP');
         },
       };
     }
@@ -215,12 +222,12 @@ export class ShareGuest {
         let at = windowOffset;
         for (const p of pieces) {
           // FS_MAP carries one fd for all entries: one message per piece.
-          check(await ch.fsMap([{ fdOffset: BigInt(p.fdOffset), cacheOffset: BigInt(at), len: BigInt(p.length), flags: FS_MAP_R }], p.fd), 'FS_MAP');
+          check(await ch().fsMap([{ fdOffset: BigInt(p.fdOffset), cacheOffset: BigInt(at), len: BigInt(p.length), flags: FS_MAP_R }], p.fd), 'FS_MAP');
           at += p.length;
         }
       },
       async unmap(windowOffset: number, length: number): Promise<void> {
-        check(await ch.fsUnmap([{ fdOffset: 0n, cacheOffset: BigInt(windowOffset), len: BigInt(length), flags: 0n }]), 'FS_UNMAP');
+        check(await ch().fsUnmap([{ fdOffset: 0n, cacheOffset: BigInt(windowOffset), len: BigInt(length), flags: 0n }]), 'FS_UNMAP');
       },
     };
   }
