@@ -95,26 +95,11 @@ static napi_value js_umount2(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
-  set_fn(env, exports, "mmap", js_mmap);
-  set_fn(env, exports, "munmap", js_munmap);
+  napi_value c = export_common(env, exports);
   set_fn(env, exports, "madvise", js_madvise);
   set_fn(env, exports, "copy", js_copy);
-  set_fn(env, exports, "memfdCreate", js_memfd_create);
-  set_fn(env, exports, "ftruncate", js_ftruncate);
-  set_fn(env, exports, "setNonblocking", js_set_nonblocking);
-  set_fn(env, exports, "watch", js_watch);
   set_fn(env, exports, "mount", js_mount);
   set_fn(env, exports, "umount2", js_umount2);
-
-  napi_value c;
-  napi_create_object(env, &c);
-  set_const(env, c, "PROT_NONE", PROT_NONE);
-  set_const(env, c, "PROT_READ", PROT_READ);
-  set_const(env, c, "PROT_WRITE", PROT_WRITE);
-  set_const(env, c, "MAP_SHARED", MAP_SHARED);
-  set_const(env, c, "MAP_PRIVATE", MAP_PRIVATE);
-  set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
-  set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
   set_const(env, c, "MS_RDONLY", MS_RDONLY);
   set_const(env, c, "MS_NOSUID", MS_NOSUID);
   set_const(env, c, "MS_NODEV", MS_NODEV);
@@ -124,10 +109,5 @@ NAPI_MODULE_INIT() {
   set_const(env, c, "MADV_DONTNEED", MADV_DONTNEED);
   set_const(env, c, "MADV_WILLNEED", MADV_WILLNEED);
   set_const(env, c, "MADV_REMOVE", MADV_REMOVE);
-  set_const(env, c, "READABLE", 1);
-  set_const(env, c, "WRITABLE", 2);
-  set_const(env, c, "DISCONNECT", 4);
-  napi_set_named_property(env, exports, "constants", c);
-  set_const(env, exports, "pageSize", sysconf(_SC_PAGESIZE));
   return exports;
 }

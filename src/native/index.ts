@@ -5,14 +5,10 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { FdWatch } from 'vhost-user-ts/sys';
 
-export interface FdWatch {
-  /** (Re)arms the watch for READABLE | WRITABLE | DISCONNECT. */
-  start(events: number): void;
-  stop(): void;
-  /** Releases the libuv handle; idempotent. */
-  close(): void;
-}
+// The fd watch is vhost-user-ts's (native/napi_sys.h, compiled into this shim too).
+export type { FdWatch };
 
 export interface NativeShim {
   setNonblocking(fd: number, on: boolean): void;

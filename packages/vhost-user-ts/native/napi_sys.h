@@ -472,4 +472,30 @@ NAPI_SYS_FN void set_const(napi_env env, napi_value obj, const char *name, int64
   napi_set_named_property(env, obj, name, make_int(env, v));
 }
 
+/* What every module built on these helpers exports: mappings, memfds, non-blocking fds and fd
+ * watches, their constants and the page size. Returns the constants object for more. */
+NAPI_SYS_FN napi_value export_common(napi_env env, napi_value exports) {
+  set_fn(env, exports, "mmap", js_mmap);
+  set_fn(env, exports, "munmap", js_munmap);
+  set_fn(env, exports, "memfdCreate", js_memfd_create);
+  set_fn(env, exports, "ftruncate", js_ftruncate);
+  set_fn(env, exports, "setNonblocking", js_set_nonblocking);
+  set_fn(env, exports, "watch", js_watch);
+  napi_value c;
+  napi_create_object(env, &c);
+  set_const(env, c, "PROT_NONE", PROT_NONE);
+  set_const(env, c, "PROT_READ", PROT_READ);
+  set_const(env, c, "PROT_WRITE", PROT_WRITE);
+  set_const(env, c, "MAP_SHARED", MAP_SHARED);
+  set_const(env, c, "MAP_PRIVATE", MAP_PRIVATE);
+  set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
+  set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  set_const(env, c, "READABLE", 1);
+  set_const(env, c, "WRITABLE", 2);
+  set_const(env, c, "DISCONNECT", 4);
+  napi_set_named_property(env, exports, "constants", c);
+  set_const(env, exports, "pageSize", sysconf(_SC_PAGESIZE));
+  return c;
+}
+
 #endif

@@ -210,41 +210,21 @@ static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
 }
 
 NAPI_MODULE_INIT() {
+  napi_value c = export_common(env, exports);
   set_fn(env, exports, "unixListen", js_unix_listen);
   set_fn(env, exports, "unixConnect", js_unix_connect);
   set_fn(env, exports, "accept", js_accept);
   set_fn(env, exports, "socketpair", js_socketpair);
   set_fn(env, exports, "sendmsg", js_sendmsg);
   set_fn(env, exports, "recvmsg", js_recvmsg);
-  set_fn(env, exports, "setNonblocking", js_set_nonblocking);
-  set_fn(env, exports, "mmap", js_mmap);
-  set_fn(env, exports, "munmap", js_munmap);
   set_fn(env, exports, "reserve", js_reserve);
   set_fn(env, exports, "mapFixed", js_map_fixed);
   set_fn(env, exports, "unmapFixed", js_unmap_fixed);
-  set_fn(env, exports, "memfdCreate", js_memfd_create);
-  set_fn(env, exports, "ftruncate", js_ftruncate);
   set_fn(env, exports, "eventfd", js_eventfd);
   set_fn(env, exports, "eventfdWrite", js_eventfd_write);
   set_fn(env, exports, "eventfdRead", js_eventfd_read);
-  set_fn(env, exports, "watch", js_watch);
-
-  napi_value c;
-  napi_create_object(env, &c);
-  set_const(env, c, "PROT_NONE", PROT_NONE);
-  set_const(env, c, "PROT_READ", PROT_READ);
-  set_const(env, c, "PROT_WRITE", PROT_WRITE);
-  set_const(env, c, "MAP_SHARED", MAP_SHARED);
-  set_const(env, c, "MAP_PRIVATE", MAP_PRIVATE);
-  set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
-  set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
   set_const(env, c, "EFD_NONBLOCK", EFD_NONBLOCK);
   set_const(env, c, "EFD_CLOEXEC", EFD_CLOEXEC);
   set_const(env, c, "EFD_SEMAPHORE", EFD_SEMAPHORE);
-  set_const(env, c, "READABLE", 1);
-  set_const(env, c, "WRITABLE", 2);
-  set_const(env, c, "DISCONNECT", 4);
-  napi_set_named_property(env, exports, "constants", c);
-  set_const(env, exports, "pageSize", sysconf(_SC_PAGESIZE));
   return exports;
 }
