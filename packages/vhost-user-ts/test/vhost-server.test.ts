@@ -7,25 +7,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { sys } from '../src/sys.js';
-import {
-  Req,
-  VhostUserServer,
-  VirtioFeature,
-  bit,
-  encodeMemTable,
-  encodeVringAddr,
-  encodeVringState,
-  silentLogger,
-  u64,
-  type VhostUserDevice,
-} from '../src/index.js';
-import { FakeGuest, MiniFrontEnd } from '../src/testing.js';
-
-const C = sys.constants;
-const DESC = 0x1000;
-const AVAIL = 0x3000;
-const USED = 0x4000;
-const QSIZE = 8;
+import { Req, VhostUserServer, encodeVringState, silentLogger, type VhostUserDevice } from '../src/index.js';
+import { FakeGuest, MiniFrontEnd, TestRing, handshake } from '../src/testing.js';
 
 function countFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
@@ -52,51 +35,15 @@ async function until(cond: () => boolean, what: string, ms = 2000): Promise<void
   assert.ok(cond(), what);
 }
 
-/** Configures ring 1 from scratch (base 0) and enables it. */
-async function setupRing(fe: MiniFrontEnd, g: FakeGuest, kick: number, call: number): Promise<void> {
-  g.ram.fill(0, AVAIL, AVAIL + 0x2000);
-  assert.equal(await fe.ack(Req.SET_VRING_NUM, encodeVringState({ index: 1, num: QSIZE })), 0n);
-  assert.equal(await fe.ack(Req.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 })), 0n);
-  assert.equal(await fe.ack(Req.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, desc: g.uva(DESC), avail: g.uva(AVAIL), used: g.uva(USED), log: 0n })), 0n);
-  assert.equal(await fe.ack(Req.SET_VRING_KICK, u64(1), [kick]), 0n);
-  assert.equal(await fe.ack(Req.SET_VRING_CALL, u64(1), [call]), 0n);
-  assert.equal(await fe.ack(Req.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 })), 0n);
-}
-
-/** One request on ring 1; resolves when the used index moved. */
-async function ping(g: FakeGuest, kick: number, slot: number): Promise<void> {
-  const ram = g.ram;
-  ram.fill(0, 0x20000, 0x20010);
-  ram.writeBigUInt64LE(0x10000n, DESC);
-  ram.writeUInt32LE(8, DESC + 8);
-  ram.writeUInt16LE(1, DESC + 12);
-  ram.writeUInt16LE(1, DESC + 14);
-  ram.writeBigUInt64LE(0x20000n, DESC + 16);
-  ram.writeUInt32LE(16, DESC + 24);
-  ram.writeUInt16LE(2, DESC + 28);
-  const idx = ram.readUInt16LE(AVAIL + 2);
-  ram.writeUInt16LE(0, AVAIL + 4 + 2 * (idx % QSIZE));
-  ram.writeUInt16LE(idx + 1, AVAIL + 2);
-  sys.eventfdWrite(kick, 1);
-  await until(() => ram.readUInt16LE(USED + 2) === slot + 1, 'request answered');
-  assert.equal(ram.toString('utf8', 0x20000, 0x20004), 'pong');
-}
-
-async function handshake(fe: MiniFrontEnd, g: FakeGuest): Promise<void> {
-  const f = (await fe.call(Req.GET_FEATURES)).readBigUInt64LE(0);
-  assert.ok(f & bit(VirtioFeature.PROTOCOL_FEATURES));
-  const pf = (await fe.call(Req.GET_PROTOCOL_FEATURES)).readBigUInt64LE(0);
-  fe.send(Req.SET_PROTOCOL_FEATURES, u64(pf));
-  assert.equal(await fe.ack(Req.SET_OWNER), 0n);
-  assert.equal(await fe.ack(Req.SET_FEATURES, u64(f)), 0n);
-  assert.equal(await fe.ack(Req.SET_MEM_TABLE, encodeMemTable([g.region()]), [g.fd]), 0n);
+/** One request on ring 1, answered "pong". */
+async function ping(ring: TestRing): Promise<void> {
+  assert.equal((await ring.request(Buffer.alloc(8), 16)).toString(), 'pong');
 }
 
 test('20 connect/serve/disconnect cycles and 20 ring reset cycles leak no fds or mappings', async () => {
   const sock = path.join(os.tmpdir(), `vhost-server-${process.pid}.sock`);
   const g = new FakeGuest(1024 * 1024);
-  const kick = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
-  const call = sys.eventfd(0, C.EFD_NONBLOCK | C.EFD_CLOEXEC);
+  const ring = new TestRing(g, 1);
   const fdsBefore = countFds();
   const mapsBefore = guestMaps();
   const server = new VhostUserServer({ socketPath: sock, reconnect: true, createDevice: pongDevice, log: silentLogger });
@@ -105,15 +52,15 @@ test('20 connect/serve/disconnect cycles and 20 ring reset cycles leak no fds or
     for (let cycle = 0; cycle < 20; cycle++) {
       const fe = new MiniFrontEnd(sys.unixConnect(sock));
       await handshake(fe, g);
-      await setupRing(fe, g, kick, call);
-      await ping(g, kick, 0);
+      await ring.setup(fe);
+      await ping(ring);
       if (cycle === 0) {
         // Guest reboots: the VMM stops the ring and sets it up again, 20 times.
         for (let r = 0; r < 20; r++) {
           const base = await fe.call(Req.GET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
           assert.equal(base.readUInt32LE(4), 1);
-          await setupRing(fe, g, kick, call);
-          await ping(g, kick, 0);
+          await ring.setup(fe);
+          await ping(ring);
         }
         assert.equal(guestMaps(), mapsBefore + 1, 'one mapping of guest memory while connected');
       }
@@ -124,8 +71,7 @@ test('20 connect/serve/disconnect cycles and 20 ring reset cycles leak no fds or
     assert.equal(countFds(), fdsBefore + 1, 'only the listening socket remains open');
   } finally {
     server.stop();
-    fs.closeSync(kick);
-    fs.closeSync(call);
+    ring.close();
     g.close();
   }
   assert.equal(await server.done, 'stopped');
