@@ -268,7 +268,7 @@ export function startRustVirtiofsd(source: string, socket: string, o: { cache?: 
 
 /** Our daemon (`erofs-vfsd serve`) exporting one image (as the root) or several (named). */
 export function startErofsVfsd(images: Array<{ name?: string; path: string }>, socket: string, extra: string[] = []): Promise<Backend> {
-  const args = [CLI, 'serve', '--socket-path', socket, '--tag', 'erofs', '--log-level', 'info'];
+  const args = [CLI, 'serve', '--socket-path', socket, '--tag', 'erofs', ...(extra.includes('--log-level') ? [] : ['--log-level', 'info'])];
   for (const im of images) args.push('--image', im.name ? `${im.name}=${im.path}` : im.path);
   return startProcess('erofs-vfsd', process.execPath, [...args, ...extra], socket, (log) => log.includes('listening'));
 }
@@ -301,6 +301,8 @@ export async function bootGuest(socket: string, opts: {
   reboot?: boolean; tests2?: string[];
   /** QEMU binary (default run-guest.sh's: the host's), guest directory (default GUEST_DIR), guest RAM (default 512M) */
   qemu?: string; guestDir?: string; mem?: string;
+  /** run-guest.sh's virtio-fs device: `fs` (default) or `test-device` (QEMU >= 11.1, with a DAX window). */
+  device?: 'fs' | 'test-device';
   /** Called with each console line as it arrives, with QEMU's process id (run-guest.sh's: QEMU runs below it). */
   onLine?: (line: string, pid: number) => void;
 }): Promise<GuestRun> {
@@ -317,7 +319,8 @@ export async function bootGuest(socket: string, opts: {
   if (opts.tests2) kargs.push(`gt.tests2=${opts.tests2.join(',')}`);
   const args = ['--socket', socket, '--out', out, '--guest', opts.guestDir ?? GUEST_DIR, '--timeout', String(opts.timeoutS ?? 300),
     '--queues', String(opts.queues ?? 1), ...(opts.reboot ? ['--allow-reboot'] : []),
-    ...(opts.qemu ? ['--qemu', opts.qemu] : []), ...(opts.mem ? ['--mem', opts.mem] : []), '--', ...kargs];
+    ...(opts.qemu ? ['--qemu', opts.qemu] : []), ...(opts.mem ? ['--mem', opts.mem] : []),
+    ...(opts.device ? ['--device', opts.device] : []), '--', ...kargs];
   const t0 = Date.now();
   let bootMs: number | undefined;
   const proc = spawn(path.join(REPO_ROOT, 'qemu/run-guest.sh'), args, { stdio: ['ignore', 'pipe', 'pipe'] });
