@@ -1,4 +1,4 @@
-// Issue 5, "Real QEMU 7.2 guests (no window)": one erofs-vfsd process, two vhost-user sockets
+// Real QEMU 7.2 guests (no DAX window): one erofs-vfsd process, two vhost-user sockets
 // (one VM each), digest-plain-a and digest-plain-b (~180 of ~1,100 files differ) in one trust
 // domain. Guest 1 walks a, guest 2 walks b (every file's stat, xattrs and SHA-256): both must
 // equal the host kernel's view of their image. Host memory holding file data must grow by about
@@ -82,7 +82,7 @@ test('two QEMU guests, two image versions, one daemon: correct data; host file-d
   // no memfd copy is made without a DAX window.
   assert.equal(on.blobsAfterBoth, 0, 'no memfd copies of uncompressed files without DAX');
 
-  // THE ISSUE'S CRITERION. Host file-data growth after both guests is close to the unique
+  // THE CRITERION. Host file-data growth after both guests is close to the unique
   // content, and clearly below what --share=off (both images, i.e. the sum) holds.
   // Tolerance 1.25x unique: serving from EROFS images must also hold the pages guests' stat and
   // readdir touch — inodes, directories, the digest xattrs and the inline data of both images
@@ -96,7 +96,7 @@ test('two QEMU guests, two image versions, one daemon: correct data; host file-d
     `share=on ${mib(on.growthAfterBoth)} MiB is not clearly below share=off ${mib(off.growthAfterBoth)} MiB`);
   // The same figure split page by page (mincore on the image files, imageLayout): the pages
   // holding file bodies — the page-aligned data of the files, which is what sharing is about —
-  // are the unique body content once (issue 5's benchmark target, <= 1.05x unique); the rest is
+  // are the unique body content once (the sharing target, <= 1.05x unique); the rest is
   // the two images' metadata and inline data, which each image has whether files share or not.
   assert.ok(on.bodyGrowthAfterBoth <= 1.05 * on.floor.uniqueDataBytes,
     `share=on file-body pages grew ${mib(on.bodyGrowthAfterBoth)} MiB > 1.05 x the unique body pages ${mib(on.floor.uniqueDataBytes)} MiB`);

@@ -1,4 +1,4 @@
-// Shared pages across images and guests (issue 5), end to end: one `erofs-vfsd serve` process
+// Shared pages across images and guests, end to end: one `erofs-vfsd serve` process
 // with two --socket-path values (one VM each, separate daemon connections, one share registry);
 // two test-VMM guests with a DAX window mount version a and version b of an image and read every
 // file through the window.

@@ -1,4 +1,4 @@
-// Trust domains and verification (issue 5): an image that claims another image's fingerprint for
+// Trust domains and verification: an image that claims another image's fingerprint for
 // different content. The forged image is digest-plain-b with the digest xattr of big/text-3m
 // (same size in both versions, different content) rewritten to claim version a's digest; the
 // test finds the one occurrence of "sha256:" + b's digest in the image bytes and checks the

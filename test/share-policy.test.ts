@@ -1,4 +1,4 @@
-// DAX policy per inode and --share=off (issue 5): FUSE_ATTR_DAX follows --dax-policy and
+// DAX policy per inode and --share=off: FUSE_ATTR_DAX follows --dax-policy and
 // --dax-min-size while a window exists; FUSE_HAS_INODE_DAX is replied only when the policy can
 // set the flag; --share=off sends every READ down the per-file path and DAX still works from
 // private backings; the dialect follows --dax-protocol.

@@ -1,4 +1,4 @@
-// Sharing between separate daemon processes (issue 5): two `erofs-vfsd serve` processes with the
+// Sharing between separate daemon processes: two `erofs-vfsd serve` processes with the
 // same --blob-dir, one VM each, serve digest-lz4-a and digest-lz4-b (every file is materialised,
 // so it lands in the blob directory, created atomically and named by domain and digest). The
 // second process finds the first one's complete blobs: identical files map the same page-cache

@@ -1,5 +1,5 @@
 // Images built by the tests with Debian's mkfs.erofs (1.5) from the generated tree
-// (test/support/tree-gen.ts), one per option set of issue 3. Built once and cached in
+// (test/support/tree-gen.ts), one per option set the reader must handle. Built once and cached in
 // .cache/images, keyed by the tree version, the options and the mkfs.erofs version.
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,4 +1,4 @@
-// Page sharing with real QEMU guests (issue 5, "Real QEMU 7.2 guests (no window)"): ONE
+// Page sharing with real QEMU 7.2 guests (no DAX window): ONE
 // erofs-vfsd process, two vhost-user sockets (one VM each), two versions of an image in one trust
 // domain. Guest 1 walks version a, guest 2 walks version b (one after the other: two TCG guests
 // at once on 2 cores only make each slower), and the host memory that holds file data is measured
@@ -513,7 +513,7 @@ export function formatReport(r: QemuShareReport): string[] {
 }
 
 /**
- * The issue's figure of merit for a --share=on run: host file-data memory after both guests
+ * The figure of merit for a --share=on run: host file-data memory after both guests
  * within 1.25× the unique content and clearly (< 0.8×) below the sum of both versions
  * (test/qemu-share.test.ts says why 1.25 and asserts it).
  */

@@ -151,7 +151,7 @@ export class HostileGuest {
   }
 
   /**
-   * The standard hostile set (issue 4): loops, chains longer than the queue, addresses outside
+   * The standard hostile set: loops, chains longer than the queue, addresses outside
    * guest memory, zero and huge lengths, truncated FUSE headers, unknown opcodes, plus a few
    * more. Cases that leave the ring without free descriptors run last.
    */
