@@ -3,9 +3,12 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { FuseServer } from '../src/fuse/server.js';
 import { Errno, Opcode, InitFlag, FUSE_ATTR_DAX, FOPEN_KEEP_CACHE, FOPEN_DIRECT_IO, DT_DIR, DT_REG, DT_LNK, WRITE_OPCODES } from '../src/fuse/abi.js';
-import { ImageTree } from '../src/vfs/index.js';
+import { ImageTree, type ImageInode } from '../src/vfs/index.js';
+import type { InodeAttr } from '../src/erofs/api.js';
+import type { RemoveMappingOne, RequestContext, SetupMappingIn } from '../src/fuse/filesystem.js';
+import { ReplyWriter, type DataWriter } from '../src/fuse/reply.js';
 import { FakeReader, type FakeNode } from './support/fake-reader.js';
-import { cstr, initIn, parseAttr, parseDirents, parseEntry, parseReply, readIn, request, u32s, u64s } from './support/fuse-wire.js';
+import { cstr, initIn, parseAttr, parseDirents, parseEntry, parseReply, readIn, request, serveOnce, u32s, u64s } from './support/fuse-wire.js';
 
 const bigDir: Record<string, FakeNode> = {};
 for (let i = 0; i < 300; i++) bigDir[`entry-with-a-longish-name-${String(i).padStart(4, '0')}`] = { type: 'file', data: Buffer.from(`#${i}`) };
@@ -30,9 +33,9 @@ async function setup(opts: { minor?: number; serverOpts?: ConstructorParameters<
   const images = opts.multi ? [{ name: 'one', reader }, { name: 'two', reader: new FakeReader(tree(), { rootNid: 100 }) }] : [{ reader }];
   const fs = new ImageTree({ images, entryTimeout: 5, attrTimeout: 7 });
   const server = new FuseServer(fs, opts.serverOpts);
-  const init = parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn(opts.minor ?? 41))));
+  const init = parseReply(await serveOnce(server, request({ opcode: Opcode.INIT }, initIn(opts.minor ?? 41))));
   assert.equal(init.error, 0);
-  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid, uid: 1000, gid: 100 }, ...args)));
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await serveOnce(server, request({ opcode, nodeid, uid: 1000, gid: 100 }, ...args)));
   const lookup = async (parent: number, name: string) => {
     const r = await call(Opcode.LOOKUP, parent, cstr(name));
     assert.equal(r.error, 0, `lookup ${name}`);
@@ -42,10 +45,12 @@ async function setup(opts: { minor?: number; serverOpts?: ConstructorParameters<
 }
 
 test('INIT negotiates version, limits and flags (incl. flags2 behind INIT_EXT)', async () => {
-  const server = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { mapAlignment: 12, inodeDax: true, maxPages: 128, maxWrite: 65536, maxReadahead: 4096 });
+  const server = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { maxPages: 128, maxWrite: 65536, maxReadahead: 4096 });
+  // The connection's DAX window, as its transport hands it over with each request.
+  const window = { alignmentShift: 12, inodeDax: true };
   // Anything before INIT is refused.
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1 }, u32s(0, 0), u64s(0)))).error, -Errno.EIO);
-  const r = parseReply(await server.handle(request({ opcode: Opcode.INIT, unique: 77n }, initIn(44, 0xffffffff, 0xffffffff, 131072))));
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.GETATTR, nodeid: 1 }, u32s(0, 0), u64s(0)))).error, -Errno.EIO);
+  const r = parseReply(await serveOnce(server, request({ opcode: Opcode.INIT, unique: 77n }, initIn(44, 0xffffffff, 0xffffffff, 131072)), { window }));
   assert.equal(r.error, 0);
   assert.equal(r.unique, 77n);
   assert.equal(r.body.length, 64);
@@ -65,21 +70,31 @@ test('INIT negotiates version, limits and flags (incl. flags2 behind INIT_EXT)',
   assert.equal(server.negotiated?.minor, 41);
 
   // Flags the kernel does not offer are never replied; without INIT_EXT there is no flags2.
-  const s2 = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { mapAlignment: 12, inodeDax: true });
-  const r2 = parseReply(await s2.handle(request({ opcode: Opcode.INIT }, initIn(31, Number(InitFlag.ASYNC_READ | InitFlag.MAP_ALIGNMENT), 0xffffffff))));
+  const s2 = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }));
+  const r2 = parseReply(await serveOnce(s2, request({ opcode: Opcode.INIT }, initIn(31, Number(InitFlag.ASYNC_READ | InitFlag.MAP_ALIGNMENT), 0xffffffff)), { window }));
   assert.equal(r2.body.readUInt32LE(4), 31);
   assert.equal(r2.body.readUInt32LE(12), Number(InitFlag.ASYNC_READ | InitFlag.MAP_ALIGNMENT));
   assert.equal(r2.body.readUInt32LE(32), 0, 'no flags2 without INIT_EXT');
 
+  // DAX only on a connection with a window; per-inode DAX only if the window offers it.
+  const dax = async (w?: { alignmentShift: number; inodeDax: boolean }) => {
+    const s = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }));
+    const b = parseReply(await serveOnce(s, request({ opcode: Opcode.INIT }, initIn(44, 0xffffffff, 0xffffffff)), { window: w })).body;
+    const f = BigInt(b.readUInt32LE(12)) | (BigInt(b.readUInt32LE(32)) << 32n);
+    return [Boolean(f & InitFlag.MAP_ALIGNMENT), Boolean(f & InitFlag.HAS_INODE_DAX), b.readUInt16LE(30)];
+  };
+  assert.deepEqual(await dax(), [false, false, 0], 'no window: no DAX');
+  assert.deepEqual(await dax({ alignmentShift: 12, inodeDax: false }), [true, false, 12], 'a window without per-inode DAX');
+
   // Old minor: compat reply size. Major too new: our major in an 8-byte reply. Too old: EPROTO.
   const s3 = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }));
-  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(7, 22, 65536, 1)))).body.length, 24);
-  const big = parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(8, 0, 0, 0))));
+  assert.equal(parseReply(await serveOnce(s3, request({ opcode: Opcode.INIT }, u32s(7, 22, 65536, 1)))).body.length, 24);
+  const big = parseReply(await serveOnce(s3, request({ opcode: Opcode.INIT }, u32s(8, 0, 0, 0))));
   assert.equal(big.error, 0);
   assert.equal(big.body.length, 8);
   assert.equal(big.body.readUInt32LE(0), 7);
-  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(6, 9)))).error, -Errno.EPROTO);
-  assert.equal(parseReply(await s3.handle(request({ opcode: Opcode.INIT }, u32s(7, 8)))).error, -Errno.EPROTO);
+  assert.equal(parseReply(await serveOnce(s3, request({ opcode: Opcode.INIT }, u32s(6, 9)))).error, -Errno.EPROTO);
+  assert.equal(parseReply(await serveOnce(s3, request({ opcode: Opcode.INIT }, u32s(7, 8)))).error, -Errno.EPROTO);
 });
 
 test('LOOKUP, GETATTR, READLINK, OPEN/READ/FLUSH/RELEASE, STATFS', async () => {
@@ -240,22 +255,22 @@ test('nlookup: LOOKUP and READDIRPLUS take references, FORGET/BATCH_FORGET drop 
   assert.equal(fs.stats().nodes, base + 4 + 300);
 
   // The kernel forgets everything it was given: the table returns to its initial size.
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: a.nodeid }, u64s(2))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: a.nodeid }, u64s(2))), null);
   const items = all.slice(2).map((d) => u64s(d.entry!.nodeid, 1));
   items.push(u64s(deep.nodeid, 1), u64s(sub.nodeid, 1));
-  assert.equal(await server.handle(request({ opcode: Opcode.BATCH_FORGET }, u32s(items.length, 0), ...items)), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.BATCH_FORGET }, u32s(items.length, 0), ...items)), null);
   assert.equal(fs.stats().nodes, base + 1);
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
   assert.equal(fs.stats().nodes, base);
   // Forgetting the root or unknown ids is harmless; the root stays usable.
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: 1 }, u64s(100))), null);
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: 123456 }, u64s(1))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: 1 }, u64s(100))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: 123456 }, u64s(1))), null);
   assert.equal((await call(Opcode.GETATTR, 1, u32s(0, 0), u64s(0))).error, 0);
   assert.equal(fs.stats().nodes, base);
   // Stable numbers: a re-lookup after FORGET yields the same nodeid.
   assert.equal((await lookup(1, 'hello.txt')).nodeid, a.nodeid);
   // Truncated BATCH_FORGET: processes what fits, never throws, no reply.
-  assert.equal(await server.handle(request({ opcode: Opcode.BATCH_FORGET }, u32s(1000, 0), u64s(a.nodeid, 1))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.BATCH_FORGET }, u32s(1000, 0), u64s(a.nodeid, 1))), null);
   assert.equal(fs.stats().nodes, base);
 });
 
@@ -278,8 +293,8 @@ test('LSEEK SEEK_DATA/SEEK_HOLE/SEEK_END, ACCESS, STATX, INTERRUPT, DESTROY', as
   const secret = await lookup(1, 'secret');
   assert.equal((await call(Opcode.ACCESS, secret.nodeid, u32s(4, 0))).error, 0, 'owner may read');
   assert.equal((await call(Opcode.ACCESS, secret.nodeid, u32s(2, 0))).error, -Errno.EROFS);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 5, gid: 5 }, u32s(4, 0)))).error, -Errno.EACCES);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 0, gid: 0 }, u32s(4, 0)))).error, 0);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 5, gid: 5 }, u32s(4, 0)))).error, -Errno.EACCES);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.ACCESS, nodeid: secret.nodeid, uid: 0, gid: 0 }, u32s(4, 0)))).error, 0);
 
   const sx = await call(Opcode.STATX, secret.nodeid, u32s(0, 0), u64s(0), u32s(0, 0x7ff));
   assert.equal(sx.error, 0);
@@ -295,7 +310,7 @@ test('LSEEK SEEK_DATA/SEEK_HOLE/SEEK_END, ACCESS, STATX, INTERRUPT, DESTROY', as
   const old = await setup({ minor: 38 });
   assert.equal((await old.call(Opcode.STATX, 1, u32s(0, 0), u64s(0), u32s(0, 0x7ff))).error, -Errno.ENOSYS);
 
-  assert.equal(await server.handle(request({ opcode: Opcode.INTERRUPT }, u64s(12345))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.INTERRUPT }, u64s(12345))), null);
   const d = await call(Opcode.DESTROY, 0);
   assert.equal(d.error, 0);
   assert.equal(d.body.length, 0);
@@ -319,30 +334,30 @@ test('write-type opcodes answer EROFS, unknown ones ENOSYS', async () => {
 test('malformed requests get errno replies, never a throw', async () => {
   const { server, lookup } = await setup();
   const e = await lookup(1, 'hello.txt');
-  assert.equal(await server.handle(Buffer.alloc(0)), null);
-  assert.equal(await server.handle(Buffer.alloc(15)), null);
+  assert.equal(await serveOnce(server, Buffer.alloc(0)), null);
+  assert.equal(await serveOnce(server, Buffer.alloc(15)), null);
   // Header only partly there: EINVAL with the unique we can see.
   const partial = request({ opcode: Opcode.GETATTR, unique: 99n }).subarray(0, 30);
-  const pr = parseReply(await server.handle(partial));
+  const pr = parseReply(await serveOnce(server, partial));
   assert.equal(pr.error, -Errno.EINVAL);
   assert.equal(pr.unique, 99n);
   // len field larger than the buffer, or smaller than a header.
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1, len: 4000 }))).error, -Errno.EINVAL);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: 1, len: 20 }))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.GETATTR, nodeid: 1, len: 4000 }))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.GETATTR, nodeid: 1, len: 20 }))).error, -Errno.EINVAL);
   // total_extlen beyond the request.
   const ext = request({ opcode: Opcode.GETATTR, nodeid: 1 });
   ext.writeUInt16LE(100, 36);
-  assert.equal(parseReply(await server.handle(ext)).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, ext)).error, -Errno.EINVAL);
   // Unterminated name; truncated arguments.
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, Buffer.from('abc')))).error, -Errno.EINVAL);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: e.nodeid }, u64s(0, 0)))).error, -Errno.EINVAL);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.GETXATTR, nodeid: e.nodeid }, u32s(10)))).error, -Errno.EINVAL);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.OPEN, nodeid: e.nodeid }))).error, -Errno.EINVAL);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.LSEEK, nodeid: e.nodeid }, u64s(0)))).error, -Errno.EINVAL);
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: e.nodeid })), null);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.LOOKUP, nodeid: 1 }, Buffer.from('abc')))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.READ, nodeid: e.nodeid }, u64s(0, 0)))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.GETXATTR, nodeid: e.nodeid }, u32s(10)))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.OPEN, nodeid: e.nodeid }))).error, -Errno.EINVAL);
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.LSEEK, nodeid: e.nodeid }, u64s(0)))).error, -Errno.EINVAL);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: e.nodeid })), null);
   // Trailing garbage after the declared len is ignored.
   const padded = Buffer.concat([request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('hello.txt')), Buffer.alloc(100, 0xff)]);
-  assert.equal(parseReply(await server.handle(padded)).error, 0);
+  assert.equal(parseReply(await serveOnce(server, padded)).error, 0);
 
   // Random requests from a fixed seed: always a well-formed reply or null.
   let seed = 12345;
@@ -354,7 +369,7 @@ test('malformed requests get errno replies, never a throw', async () => {
     const nodeid = [1, e.nodeid, 0, Math.floor(rnd() * 2 ** 40), 2 ** 52 + 3][Math.floor(rnd() * 5)]!;
     const req = request({ opcode: op === Opcode.INIT || op === Opcode.DESTROY ? Opcode.GETATTR : op, nodeid }, body);
     if (rnd() < 0.2) req.writeUInt32LE(Math.floor(rnd() * 300), 0);
-    const out = await server.handle(req);
+    const out = await serveOnce(server, req);
     if (out !== null) {
       const r = parseReply(out);
       assert.ok(r.error <= 0 && r.error > -200, `sane errno ${r.error}`);
@@ -369,8 +384,8 @@ test('nids outside the offset mapping get table-allocated ids that FORGET frees'
   const reader = new FakeReader(tree(), { rootNid: 2 ** 40 });
   const fs = new ImageTree({ images: [{ reader }] });
   const server = new FuseServer(fs);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
-  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid }, ...args)));
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await serveOnce(server, request({ opcode, nodeid }, ...args)));
   const e1 = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
   const e2 = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
   assert.equal(e1.nodeid, e2.nodeid, 'same id while referenced');
@@ -384,9 +399,9 @@ test('nids outside the offset mapping get table-allocated ids that FORGET frees'
   const rp = await call(Opcode.READDIRPLUS, big.nodeid, readIn(0, 0, 1 << 16));
   const ents = parseDirents(rp.body, true).slice(2);
   assert.equal(fs.stats().dynamic, 302);
-  for (const d of ents) assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: d.entry!.nodeid }, u64s(1))), null);
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: e1.nodeid }, u64s(2))), null);
-  assert.equal(await server.handle(request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
+  for (const d of ents) assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: d.entry!.nodeid }, u64s(1))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: e1.nodeid }, u64s(2))), null);
+  assert.equal(await serveOnce(server, request({ opcode: Opcode.FORGET, nodeid: big.nodeid }, u64s(1))), null);
   assert.deepEqual(fs.stats(), { nodes: 1, handles: 0, dynamic: 0 });
   assert.equal((await call(Opcode.GETATTR, e1.nodeid, u32s(0, 0), u64s(0))).error, -Errno.ESTALE, 'a forgotten table id is stale');
 });
@@ -395,51 +410,77 @@ test('resume: a restarted server answers a live session without INIT, with the s
   const first = await setup();
   const e = await first.lookup(1, 'hello.txt');
   const server = new FuseServer(new ImageTree({ images: [{ reader: new FakeReader(tree()) }] }), { resume: true });
-  const r = parseReply(await server.handle(request({ opcode: Opcode.GETATTR, nodeid: e.nodeid }, u32s(0, 0), u64s(0))));
+  const r = parseReply(await serveOnce(server, request({ opcode: Opcode.GETATTR, nodeid: e.nodeid }, u32s(0, 0), u64s(0))));
   assert.equal(r.error, 0);
   assert.equal(parseAttr(r.body, 16).size, 13);
-  const rd = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: e.nodeid }, readIn(0, 0, 5))));
+  const rd = parseReply(await serveOnce(server, request({ opcode: Opcode.READ, nodeid: e.nodeid }, readIn(0, 0, 5))));
   assert.equal(rd.body.toString(), 'hello');
   assert.equal(server.negotiated?.minor, 41);
 });
 
-test('share/DAX hooks: attr flags, READ override (O_DIRECT flagged), SETUPMAPPING/REMOVEMAPPING, release', async () => {
+test('a filesystem layered on ImageTree: FUSE_ATTR_DAX only where negotiated, READ override (O_DIRECT flagged), SETUPMAPPING/REMOVEMAPPING get the connection\'s window, release', async () => {
   const seen: string[] = [];
-  const fs = new ImageTree({
-    images: [{ name: 'img', reader: new FakeReader(tree()) }],
-    hooks: {
-      attrFlags: (t, a) => (a.type === 'file' && a.size > 100 ? FUSE_ATTR_DAX : 0),
-      read: (t, off, size, direct) => {
-        seen.push(`read ${t.name} ${off} ${size} ${direct}`);
-        return direct ? undefined : Buffer.from('SHARED'.slice(0, size));
-      },
-      setupMapping: (_ctx, t, m) => { seen.push(`map ${t.nid} ${m.fh} ${m.foffset} ${m.len} ${m.flags} ${m.moffset}`); },
-      removeMapping: (_ctx, ranges) => { seen.push(`unmap ${ranges.map((r) => `${r.moffset}+${r.len}`).join(',')}`); },
-      release: (t, fh) => { seen.push(`release ${t.nid} ${fh}`); },
-    },
-  });
-  const server = new FuseServer(fs, { mapAlignment: 12, inodeDax: true });
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
-  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await server.handle(request({ opcode, nodeid }, ...args)));
+  interface Window { alignmentShift: number; inodeDax: boolean; id: string }
+  class Layer extends ImageTree<Window> {
+    protected override wantsDax(_t: ImageInode, a: InodeAttr): boolean {
+      return a.type === 'file' && a.size > 100;
+    }
+    override read(ctx: RequestContext, nodeid: number, fh: number, off: number, size: number, out: DataWriter): void {
+      const t = this.inodeOf(nodeid);
+      const direct = this.openedDirect(fh);
+      seen.push(`read ${t.name} ${off} ${size} ${direct}`);
+      if (direct) return super.read(ctx, nodeid, fh, off, size, out);
+      out.write(Buffer.from('SHARED'.slice(0, size)));
+    }
+    setupMapping(_ctx: RequestContext, nodeid: number, m: SetupMappingIn, w: Window | undefined): void {
+      seen.push(`map ${this.inodeOf(nodeid).nid} ${m.fh} ${m.foffset} ${m.len} ${m.flags} ${m.moffset} in ${w?.id}`);
+    }
+    removeMapping(_ctx: RequestContext, ranges: RemoveMappingOne[], w: Window | undefined): void {
+      seen.push(`unmap ${ranges.map((r) => `${r.moffset}+${r.len}`).join(',')} in ${w?.id}`);
+    }
+    override release(ctx: RequestContext, nodeid: number, fh: number): void {
+      seen.push(`release ${this.inodeOf(nodeid).nid} ${fh}`);
+      super.release(ctx, nodeid, fh);
+    }
+  }
+  const fs = new Layer({ images: [{ name: 'img', reader: new FakeReader(tree()) }] });
+  const server = new FuseServer(fs);
+  const window: Window = { alignmentShift: 12, inodeDax: true, id: 'w1' };
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.INIT }, initIn()), { window })).error, 0);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await serveOnce(server, request({ opcode, nodeid }, ...args), { window }));
   const sub = parseEntry((await call(Opcode.LOOKUP, 1, cstr('sub'))).body);
   const deep = parseEntry((await call(Opcode.LOOKUP, sub.nodeid, cstr('deep'))).body);
   const small = parseEntry((await call(Opcode.LOOKUP, 1, cstr('hello.txt'))).body);
   assert.equal(deep.attr.flags, FUSE_ATTR_DAX);
   assert.equal(small.attr.flags, 0);
+  assert.equal(parseAttr((await call(Opcode.GETATTR, deep.nodeid, u32s(0, 0), u64s(0))).body, 16).flags, FUSE_ATTR_DAX);
+  const plus = await readAll(call, sub.nodeid, true, 4096);
+  assert.equal(plus.all.find((d) => d.name === 'deep')!.entry!.attr.flags, FUSE_ATTR_DAX, 'READDIRPLUS entries too');
   const fh = Number((await call(Opcode.OPEN, deep.nodeid, u32s(0, 0))).body.readBigUInt64LE(0));
   assert.equal((await call(Opcode.READ, deep.nodeid, readIn(fh, 0, 4))).body.toString(), 'SHAR');
   const dfh = Number((await call(Opcode.OPEN, deep.nodeid, u32s(0o40000, 0))).body.readBigUInt64LE(0));
   assert.equal((await call(Opcode.READ, deep.nodeid, readIn(dfh, 0, 4))).body.toString(), 'aaaa', 'O_DIRECT falls through to the image');
   assert.equal((await call(Opcode.SETUPMAPPING, deep.nodeid, u64s(fh, 0, 2 << 20), u32s(2, 0), u64s(4 << 20))).error, 0);
-  assert.equal((await call(Opcode.SETUPMAPPING, sub.nodeid, u64s(fh, 0, 2 << 20), u32s(2, 0), u64s(0))).error, -Errno.EINVAL, 'only regular files map');
   assert.equal((await call(Opcode.REMOVEMAPPING, deep.nodeid, u32s(2), u64s(4 << 20, 2 << 20, 0, 4096))).error, 0);
   assert.equal((await call(Opcode.REMOVEMAPPING, deep.nodeid, u32s(3), u64s(0, 1))).error, -Errno.EINVAL, 'count beyond the request');
   assert.equal((await call(Opcode.RELEASE, deep.nodeid, u64s(fh), u32s(0, 0), u64s(0))).error, 0);
   const deepNid = deep.nodeid - 2;
   assert.deepEqual(seen, [
-    `read img 0 4 false`, `read img 0 4 true`, `map ${deepNid} ${fh} 0 ${2 << 20} 2 ${4 << 20}`,
-    `unmap ${4 << 20}+${2 << 20},0+4096`, `release ${deepNid} ${fh}`,
+    `read img 0 4 false`, `read img 0 4 true`, `map ${deepNid} ${fh} 0 ${2 << 20} 2 ${4 << 20} in w1`,
+    `unmap ${4 << 20}+${2 << 20},0+4096 in w1`, `release ${deepNid} ${fh}`,
   ]);
+  // A connection without a window negotiates no per-inode DAX: no file is marked, and a mapping
+  // request reaches the filesystem without a window.
+  const bare = new FuseServer(fs);
+  assert.equal(parseReply(await serveOnce(bare, request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const bareCall = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await serveOnce(bare, request({ opcode, nodeid }, ...args)));
+  assert.equal(parseEntry((await bareCall(Opcode.LOOKUP, sub.nodeid, cstr('deep'))).body).attr.flags, 0);
+  assert.equal((await bareCall(Opcode.SETUPMAPPING, deep.nodeid, u64s(fh, 0, 4096), u32s(2, 0), u64s(0))).error, 0);
+  assert.equal(seen[seen.length - 1], `map ${deepNid} ${fh} 0 4096 2 0 in undefined`);
+  // A plain ImageTree does no DAX at all.
+  const { call: plainCall } = await setup();
+  assert.equal((await plainCall(Opcode.SETUPMAPPING, 1, u64s(0, 0, 4096), u32s(2, 0), u64s(0))).error, -Errno.ENOSYS);
+  assert.equal((await plainCall(Opcode.REMOVEMAPPING, 1, u32s(1), u64s(0, 4096))).error, -Errno.ENOSYS);
 });
 
 test('several images: synthetic root with one directory per image', async () => {
@@ -467,110 +508,141 @@ test('several images: synthetic root with one directory per image', async () => 
   assert.throws(() => new ImageTree({ images: [{ name: 'a/b', reader: new FakeReader(tree()) }, { name: 'c', reader: new FakeReader(tree()) }] }), /invalid/);
 });
 
-test('READ into a lent reply buffer: data written in place, hooks still win, too-small buffers fall back', async () => {
-  const base = new FakeReader(tree());
-  let intoCalls = 0;
-  // A reader with readInto (the real one has it): counts calls so the in-place path is proven taken.
-  const reader = Object.assign(Object.create(base) as FakeReader, {
-    readInto(nid: number, offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
-      intoCalls++;
-      const b = base.read(nid, offset, length);
-      target.set(b, targetOffset);
-      return b.length;
-    },
-  });
-  const seen: string[] = [];
-  const fs = new ImageTree({
-    images: [{ name: 'img', reader }],
-    hooks: {
-      read: (t, off, size, direct) => {
-        seen.push(`${off} ${size} ${direct}`);
-        return off === 4096 && !direct ? Buffer.from('HOOK') : undefined;
-      },
-    },
-  });
-  const server = new FuseServer(fs);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
-  const sub = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))).body);
-  const deep = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: sub.nodeid }, cstr('deep')))).body);
-  const lent = Buffer.alloc(1 << 20, 0xee);
-  const iov = (await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, (1 << 20) - 100, 65536)), { replyBuffer: lent }))!;
-  assert.equal(iov.length, 2);
-  assert.equal(iov[0]!.readUInt32LE(0), 16 + 100, 'header len counts the short (EOF) data');
-  assert.equal(iov[1]!.buffer, lent.buffer, 'reply data is the lent buffer');
-  assert.equal(iov[1]!.byteOffset, lent.byteOffset);
-  assert.ok(iov[1]!.equals(Buffer.alloc(100, 0x61)));
-  assert.equal(intoCalls, 1);
-  // A hook answer is passed on as is.
-  const hooked = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 4096, 8)), { replyBuffer: lent }));
-  assert.equal(hooked.body.toString(), 'HOOK');
-  assert.equal(intoCalls, 1);
-  // A lent buffer smaller than the request: the ordinary read() path.
-  const small = parseReply(await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 8192)), { replyBuffer: Buffer.alloc(100) }));
-  assert.equal(small.error, 0);
-  assert.ok(small.body.equals(Buffer.alloc(8192, 0x61)));
-  assert.equal(intoCalls, 1);
-  // Past EOF: empty reply.
-  const eof = (await server.handle(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 2 << 20, 10)), { replyBuffer: lent }))!;
-  assert.equal(eof.length, 1);
-  assert.equal(eof[0]!.readUInt32LE(0), 16);
-  assert.deepEqual(seen, [`${(1 << 20) - 100} 65536 false`, '4096 8 false', '0 8192 false', `${2 << 20} 10 false`]);
+test('ReplyWriter: body across pieces (empty ones too), header last and split anywhere, E2BIG, no reply without room for a header', () => {
+  const unique = Buffer.from([1, 2, 3, 4, 5, 6, 7, 8]);
+  const pieces = [Buffer.alloc(5, 0xee), Buffer.alloc(0), Buffer.alloc(14, 0xee), Buffer.alloc(9, 0xee)];
+  const out = new ReplyWriter(pieces);
+  assert.equal(out.available, 28 - 16);
+  assert.equal(out.piecesFor(100), 2, 'three bytes of the second piece, then the third');
+  out.write(Buffer.from('ab'));
+  // One fill call per piece: the last byte of the third piece, then four of the fourth.
+  assert.equal(out.writeFrom((t, at, n, done) => { t.fill(0x30 + done, at, at + n); return n; }, 5), 5);
+  assert.equal(out.written, 7);
+  out.end(unique);
+  assert.equal(out.length, 23);
+  const all = Buffer.concat(pieces);
+  assert.equal(all.readUInt32LE(0), 23);
+  assert.equal(all.readInt32LE(4), 0);
+  assert.deepEqual(all.subarray(8, 16), unique);
+  assert.equal(all.subarray(16, 23).toString('latin1'), 'ab0' + '1111');
+  assert.equal(all[23], 0xee, 'nothing past the reply');
+  // A body larger than the room: E2BIG, whether written at once or filled.
+  const small = new ReplyWriter([Buffer.alloc(20)]);
+  small.write(Buffer.alloc(5));
+  small.end(unique);
+  assert.equal(small.length, 16);
+  assert.equal(small.bytes!.readInt32LE(4), -Errno.E2BIG);
+  small.restart();
+  assert.equal(small.writeFrom((_t, _at, n) => n, 10), 4);
+  assert.ok(small.overflowed, 'the stream went on past the room');
+  small.restart();
+  assert.equal(small.writeFrom((_t, _at, n, done) => Math.min(n, 4 - done), 10), 4);
+  assert.ok(!small.overflowed, 'the stream ended exactly at the room: a short reply that fits');
+  // An error reply drops the body; a reply memory smaller than a header sends nothing.
+  const err = new ReplyWriter([Buffer.alloc(64)]);
+  err.write(Buffer.alloc(30));
+  err.end(unique, Errno.ENOENT);
+  assert.equal(err.length, 16);
+  assert.equal(err.bytes!.readInt32LE(4), -Errno.ENOENT);
+  const tiny = new ReplyWriter([Buffer.alloc(10)]);
+  tiny.end(unique, Errno.EIO);
+  assert.equal(tiny.length, 0);
+  // Memory that is no longer the reply's (a reset ring) is never written.
+  class Gone extends ReplyWriter {
+    protected override live(): boolean { return false; }
+  }
+  const gone = new Gone([Buffer.alloc(64, 0xee)]);
+  gone.write(Buffer.alloc(8));
+  gone.end(unique);
+  assert.ok(gone.stale);
+  assert.equal(gone.length, 0);
+  assert.ok(gone.bytes === undefined || gone.bytes.length === 0);
 });
 
-test('READ placed into the reply destination (replyTo): synchronous only, header split anywhere, hooks and async answers not placed', async () => {
+test('READ writes straight into the transport\'s reply memory: a reader call per piece, synchronous, header split anywhere, E2BIG only when the data does not fit', async () => {
   const base = new FakeReader(tree());
+  const calls = { into: 0, read: 0 };
+  let plain = false;
   const reader = Object.assign(Object.create(base) as FakeReader, {
     readInto(nid: number, offset: number, length: number, target: Uint8Array, targetOffset = 0): number {
+      calls.into++;
       const b = base.read(nid, offset, length);
       target.set(b, targetOffset);
       return b.length;
     },
+    read(nid: number, offset: number, length: number): Buffer {
+      calls.read++;
+      return base.read(nid, offset, length);
+    },
+    storedPlain: () => plain,
   });
-  let hookAnswer: 'none' | 'sync' | 'async' = 'none';
-  const fs = new ImageTree({
-    images: [{ reader }],
-    hooks: { read: () => (hookAnswer === 'sync' ? Buffer.from('HOOK') : hookAnswer === 'async' ? Promise.resolve(Buffer.from('LATER')) : undefined) },
-  });
-  const server = new FuseServer(fs);
-  assert.equal(parseReply(await server.handle(request({ opcode: Opcode.INIT }, initIn()))).error, 0);
-  const sub = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))).body);
-  const deep = parseEntry(parseReply(await server.handle(request({ opcode: Opcode.LOOKUP, nodeid: sub.nodeid }, cstr('deep')))).body);
-  // Destination: 7 + 20 + 4000 + 200 bytes; the header takes 7 + 9, data starts 9 bytes into the second.
+  const server = new FuseServer(new ImageTree({ images: [{ reader }] }));
+  assert.equal(parseReply(await serveOnce(server, request({ opcode: Opcode.INIT }, initIn()))).error, 0);
+  const sub = parseEntry(parseReply(await serveOnce(server, request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))).body);
+  const deep = parseEntry(parseReply(await serveOnce(server, request({ opcode: Opcode.LOOKUP, nodeid: sub.nodeid }, cstr('deep')))).body);
+  const read = (pieces: Buffer[], offset: number, size: number, unique = 5n) => {
+    const out = new ReplyWriter(pieces);
+    const r = server.serve(request({ opcode: Opcode.READ, nodeid: deep.nodeid, unique }, readIn(0, offset, size)), out);
+    return { out, sync: !(r instanceof Promise) };
+  };
+  // 7 + 20 + 4000 + 200 bytes: the header takes 7 + 9, the data starts 9 bytes into the second.
   const dst = [Buffer.alloc(7, 0xee), Buffer.alloc(20, 0xee), Buffer.alloc(4000, 0xee), Buffer.alloc(200, 0xee)];
-  const ctx: { replyTo: Buffer[]; placed?: number } = { replyTo: dst };
-  const r = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid, unique: 5n }, readIn(0, 10, 4100)), ctx);
-  assert.ok(Array.isArray(r), 'answered synchronously');
-  assert.equal(r.length, 1, 'only the header is returned');
-  assert.equal(r[0]!.readUInt32LE(0), 16 + 4100);
-  assert.equal(ctx.placed, 4100);
-  assert.ok(dst[0]!.every((b) => b === 0xee), 'the header is the transport\'s to write');
-  assert.ok(dst[1]!.subarray(0, 9).every((b) => b === 0xee));
+  const r1 = read(dst, 10, 4100);
+  assert.ok(r1.sync, 'answered synchronously');
+  assert.equal(r1.out.length, 16 + 4100);
+  assert.deepEqual(calls, { into: 3, read: 0 }, 'one reader call per piece, no buffer in between');
+  const hdr = Buffer.concat([dst[0]!, dst[1]!.subarray(0, 9)]);
+  assert.equal(hdr.readUInt32LE(0), 16 + 4100);
+  assert.equal(hdr.readBigUInt64LE(8), 5n);
   assert.ok(Buffer.concat([dst[1]!.subarray(9), dst[2]!, dst[3]!.subarray(0, 89)]).equals(Buffer.alloc(4100, 0x61)));
   assert.ok(dst[3]!.subarray(89).every((b) => b === 0xee), 'nothing past the data');
-  // Less room than asked for: nothing placed; a short read at EOF still fits, else E2BIG-sized data is returned for the transport to refuse.
-  const ctx2: { replyTo: Buffer[]; placed?: number } = { replyTo: [Buffer.alloc(16 + 50, 0xee)] };
-  const short = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, (1 << 20) - 30, 4096)), ctx2);
-  const shortReply = parseReply(short instanceof Promise ? await short : short);
-  assert.equal(ctx2.placed, 0);
-  assert.ok(shortReply.body.equals(Buffer.alloc(30, 0x61)));
-  assert.ok(ctx2.replyTo[0]!.every((b) => b === 0xee));
-  // A hook's buffers (sync or async) are returned, never placed.
-  hookAnswer = 'sync';
-  const ctx3: { replyTo: Buffer[]; placed?: number } = { replyTo: [Buffer.alloc(16 + 4096, 0xee)] };
-  const hooked = parseReply((await server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 4096)), ctx3))!);
-  assert.equal(hooked.body.toString(), 'HOOK');
-  assert.equal(ctx3.placed, 0);
-  hookAnswer = 'async';
-  const pending = server.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: deep.nodeid }, readIn(0, 0, 4096)), ctx3);
-  assert.ok(pending instanceof Promise, 'an async hook makes the answer async');
-  assert.equal(parseReply((await pending)!).body.toString(), 'LATER');
-  assert.equal(ctx3.placed, 0);
-  assert.ok(ctx3.replyTo[0]!.every((b) => b === 0xee), 'async answers never touch the destination');
+  // Less room than asked for: a short read at EOF still fits; more data than room is E2BIG.
+  const short = read([Buffer.alloc(16 + 50, 0xee)], (1 << 20) - 30, 4096);
+  assert.equal(short.out.length, 16 + 30);
+  assert.ok(short.out.bytes!.subarray(16).equals(Buffer.alloc(30, 0x61)));
+  const tooBig = read([Buffer.alloc(16 + 50, 0xee)], 0, 4096);
+  assert.equal(tooBig.out.length, 16);
+  assert.equal(tooBig.out.bytes!.readInt32LE(4), -Errno.E2BIG);
+  // A compressed file over many pieces is decoded once and copied; a plain one is still copied per piece.
+  calls.into = calls.read = 0;
+  const many = () => Array.from({ length: 12 }, (_, i) => Buffer.alloc(i === 0 ? 16 + 1000 : 1000, 0xee));
+  const p1 = many();
+  assert.equal(read(p1, 0, 11_000).out.length, 16 + 11_000);
+  assert.deepEqual(calls, { into: 0, read: 1 });
+  assert.ok(Buffer.concat(p1).subarray(16, 16 + 11_000).equals(Buffer.alloc(11_000, 0x61)));
+  plain = true;
+  const p2 = many();
+  assert.equal(read(p2, 0, 11_000).out.length, 16 + 11_000);
+  assert.deepEqual(calls, { into: 11, read: 1 });
+  assert.ok(Buffer.concat(p2).subarray(16, 16 + 11_000).equals(Buffer.alloc(11_000, 0x61)));
   // LOOKUP and GETATTR of the in-memory tree answer synchronously too.
-  assert.ok(Array.isArray(server.handleMaybeSync(request({ opcode: Opcode.GETATTR, nodeid: deep.nodeid }, u32s(0, 0), u64s(0)))));
-  assert.ok(Array.isArray(server.handleMaybeSync(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')))));
-  // A filesystem breaking the contract (a promise of a count) gets EIO, not a reply claiming data.
-  const liar = new FuseServer({ readIntoSegments: () => Promise.resolve(7) as unknown as Promise<Buffer> }, { resume: true });
-  const lied = parseReply((await liar.handleMaybeSync(request({ opcode: Opcode.READ, nodeid: 2 }, readIn(0, 0, 64)), { replyTo: [Buffer.alloc(100)] }))!);
-  assert.equal(lied.error, -Errno.EIO);
+  assert.ok(server.serve(request({ opcode: Opcode.GETATTR, nodeid: deep.nodeid }, u32s(0, 0), u64s(0)), new ReplyWriter([Buffer.alloc(256)])) === undefined);
+  assert.ok(server.serve(request({ opcode: Opcode.LOOKUP, nodeid: 1 }, cstr('sub')), new ReplyWriter([Buffer.alloc(256)])) === undefined);
+});
+
+test('READ answered later (an async filesystem) writes after the await; a filesystem breaking the contract gets EIO', async () => {
+  let mode: 'async' | 'overfill' | 'too-much' = 'async';
+  const server = new FuseServer({
+    async read(_ctx, _nodeid, _fh, offset, size, out) {
+      await new Promise((r) => setTimeout(r, 1));
+      if (mode === 'async') out.write(Buffer.alloc(Math.min(size, 100), 0x42 + offset));
+      else if (mode === 'overfill') out.writeFrom(() => size + 1, size);
+      else out.write(Buffer.alloc(size + 10));
+    },
+  }, { resume: true });
+  const go = async (size: number) => {
+    const out = new ReplyWriter([Buffer.alloc(16 + 4096, 0xee)]);
+    const r = server.serve(request({ opcode: Opcode.READ, nodeid: 2 }, readIn(0, 0, size)), out);
+    assert.ok(r instanceof Promise, 'an async answer');
+    assert.equal(out.length, 0, 'nothing before it settles');
+    await r;
+    return parseReply([out.bytes!]);
+  };
+  const ok = await go(4096);
+  assert.equal(ok.error, 0);
+  assert.ok(ok.body.equals(Buffer.alloc(100, 0x42)));
+  mode = 'overfill';
+  assert.equal((await go(64)).error, -Errno.EIO);
+  mode = 'too-much';
+  assert.equal((await go(64)).error, -Errno.EIO, 'more than asked for');
 });

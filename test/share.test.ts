@@ -1,5 +1,6 @@
 // Unit tests of src/share over in-memory readers: domains, verification, backings, the EOF-tail
-// rule, lazy blobs with a budget, re-pointing, computed fingerprints and DAX bookkeeping.
+// rule, lazy blobs with a budget, re-pointing, computed fingerprints, DAX bookkeeping, and the
+// share layer as a guest's filesystem (SharedTree) driven through the FUSE server.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -7,10 +8,15 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ShareRegistry, DEFAULT_SHARE_OPTIONS, type ShareOptions } from '../src/share/registry.js';
-import { BLOB_GRANULE, PAGE_SIZE, type MapPiece } from '../src/share/backing.js';
+import { BLOB_GRANULE, type MapPiece } from '../src/share/backing.js';
+import { PAGE_SIZE } from '../src/native/index.js';
 import { DaxWindow, type MapChannel } from '../src/share/dax.js';
 import { FingerprintResolver, imageIdentity } from '../src/share/fingerprint.js';
+import { Errno, FUSE_ATTR_DAX, Opcode } from '../src/fuse/abi.js';
+import { FuseServer } from '../src/fuse/server.js';
+import { DEFAULT_DAX_OPTIONS, ShareService } from '../src/share/service.js';
 import { MemoryReader } from './support/memory-reader.js';
+import { cstr, initIn, parseEntry, parseReply, readIn, request, serveOnce, u32s, u64s } from './support/fuse-wire.js';
 import { SCRATCH_DIR } from './support/paths.js';
 
 const claim = (content: Buffer) => Buffer.concat([Buffer.from('sha256:'), createHash('sha256').update(content).digest()]);
@@ -275,6 +281,7 @@ test('computed fingerprints persist in a sidecar index keyed by image identity',
 test('DAX window bookkeeping: setup, remap, partial remove, reset, bounds', async () => {
   const calls: string[] = [];
   const channel: MapChannel = {
+    size: 16 * PAGE_SIZE,
     async map(off: number, pieces: MapPiece[]) { calls.push(`map ${off} ${pieces.map((p) => p.length).join('+')}`); },
     async unmap(off: number, len: number) { calls.push(`unmap ${off} ${len}`); },
   };
@@ -284,7 +291,7 @@ test('DAX window bookkeeping: setup, remap, partial remove, reset, bounds', asyn
   const im = reg.registerImage({ name: 'i', paths: ['/dev/null'], reader: r, fingerprint: digestSource });
   const b = reg.backingFor(im, r.nidOf('f'))!;
   const unpinned: unknown[] = [];
-  const win = new DaxWindow(16 * PAGE_SIZE, channel, (x) => unpinned.push(x));
+  const win = new DaxWindow(channel, { onUnpinned: (x) => unpinned.push(x) });
   await win.setup(b, 0, 2 << 20, 0).catch(() => {}); // exceeds the window: refused
   assert.equal(win.mappedRanges, 0);
   await win.setup(b, 0, 4 * PAGE_SIZE, 0);
@@ -303,4 +310,52 @@ test('DAX window bookkeeping: setup, remap, partial remove, reset, bounds', asyn
   assert.equal(win.mappedRanges, 0);
   assert.equal(unpinned.length, 1);
   reg.close();
+});
+
+test('SharedTree: shared files read their backing and are marked for DAX; O_DIRECT reads the image; mappings go to the request\'s window', async () => {
+  const shared = bytes(3 * PAGE_SIZE + 100, 12);
+  const own = bytes(5000, 13);
+  const r = new MemoryReader([{ name: 'shared', content: shared, fingerprint: claim(shared) }, { name: 'own', content: own }]);
+  const service = new ShareService([{ name: 'img', paths: ['/dev/null'], reader: r }], {
+    share: options(), fingerprint: digestSource, dax: { ...DEFAULT_DAX_OPTIONS, windowSize: 64 * PAGE_SIZE },
+  });
+  const tree = service.guestTree('vm0');
+  const calls: string[] = [];
+  const window = tree.openWindow({
+    size: 64 * PAGE_SIZE,
+    async map(off: number, pieces: MapPiece[]) { calls.push(`map ${off} ${pieces.reduce((n, p) => n + p.length, 0)}`); },
+    async unmap(off: number, len: number) { calls.push(`unmap ${off} ${len}`); },
+  });
+  const server = new FuseServer(tree);
+  const call = async (opcode: number, nodeid: number, ...args: Buffer[]) => parseReply(await serveOnce(server, request({ opcode, nodeid }, ...args), { window }));
+  assert.equal((await call(Opcode.INIT, 0, initIn())).error, 0);
+  const sf = parseEntry((await call(Opcode.LOOKUP, 1, cstr('shared'))).body);
+  const of = parseEntry((await call(Opcode.LOOKUP, 1, cstr('own'))).body);
+  assert.equal(sf.attr.flags, FUSE_ATTR_DAX, 'a file with a backing is marked for DAX');
+  assert.equal(of.attr.flags, 0, 'an unshared file is not');
+  const stats = () => service.registry.stats().img!;
+  const fh = Number((await call(Opcode.OPEN, sf.nodeid, u32s(0, 0))).body.readBigUInt64LE(0));
+  assert.ok((await call(Opcode.READ, sf.nodeid, readIn(fh, 100, 5000))).body.equals(shared.subarray(100, 5100)));
+  assert.equal(stats().sharedReads, 1);
+  const dfh = Number((await call(Opcode.OPEN, sf.nodeid, u32s(0o40000, 0))).body.readBigUInt64LE(0));
+  const bytesRead = r.bytesRead;
+  assert.ok((await call(Opcode.READ, sf.nodeid, readIn(dfh, 0, 4096))).body.equals(shared.subarray(0, 4096)));
+  assert.equal(stats().perFileReads, 1, 'O_DIRECT takes the per-file path');
+  assert.equal(r.bytesRead - bytesRead, 4096, 'from the image itself');
+  assert.equal((await call(Opcode.SETUPMAPPING, sf.nodeid, u64s(fh, 0, 4 * PAGE_SIZE), u32s(2, 0), u64s(8 * PAGE_SIZE))).error, 0);
+  assert.deepEqual(calls, [`map ${8 * PAGE_SIZE} ${4 * PAGE_SIZE}`]);
+  assert.equal(window.mappedRanges, 1);
+  assert.equal(service.stats().domains.img!.mappedRanges, 1);
+  assert.deepEqual(service.stats().guests, [{ name: 'vm0', window: true, dialect: 'shmem', mappedRanges: 1 }]);
+  assert.equal((await call(Opcode.SETUPMAPPING, 1, u64s(fh, 0, PAGE_SIZE), u32s(2, 0), u64s(0))).error, -Errno.EINVAL, 'only regular files map');
+  assert.equal((await call(Opcode.SETUPMAPPING, sf.nodeid, u64s(fh, 0, PAGE_SIZE), u32s(3, 0), u64s(0))).error, -Errno.EROFS, 'no writable mappings');
+  assert.equal((await call(Opcode.REMOVEMAPPING, sf.nodeid, u32s(1), u64s(8 * PAGE_SIZE, 4 * PAGE_SIZE))).error, 0);
+  assert.deepEqual(calls.slice(1), [`unmap ${8 * PAGE_SIZE} ${4 * PAGE_SIZE}`]);
+  // A request from a connection without a window.
+  const windowless = parseReply(await serveOnce(server, request({ opcode: Opcode.SETUPMAPPING, nodeid: sf.nodeid }, u64s(fh, 0, PAGE_SIZE), u32s(2, 0), u64s(0))));
+  assert.equal(windowless.error, -Errno.EOPNOTSUPP);
+  tree.closeWindow(window);
+  assert.equal(tree.window, null);
+  assert.deepEqual(service.stats().guests, [{ name: 'vm0', window: false, dialect: null, mappedRanges: 0 }]);
+  service.close();
 });

@@ -249,8 +249,8 @@ async function ack(t: TestVmm, request: number, payload: Buffer, fds: number[] =
   return m && m.payload.length >= 8 ? m.payload.readBigUInt64LE(0) : null;
 }
 
-test('daemon in-process (startServe): walk equals plain.expected.json on a shared event loop', async () => {
-  const d = await startInProcessDaemon({ image: [IMAGE], numRequestQueues: 2 });
+test('daemon in-process (startDaemon): walk equals plain.expected.json on a shared event loop', async () => {
+  const d = await startInProcessDaemon({ images: [IMAGE], numRequestQueues: 2 });
   try {
     const t = await connectTestVmm(d.socketPath, { requestQueues: 2 });
     try {
@@ -266,7 +266,7 @@ test('daemon in-process (startServe): walk equals plain.expected.json on a share
 
 test('daemon in-process: compressed, chunked and xattr-heavy images and a two-image export walk equal to their manifests', async () => {
   for (const name of ['lz4hc-bigpcluster', 'chunked', 'xattr-prefix', 'zstd']) {
-    const d = await startInProcessDaemon({ image: [path.join(SHARED_IMAGES, `${name}.erofs`)] });
+    const d = await startInProcessDaemon({ images: [path.join(SHARED_IMAGES, `${name}.erofs`)] });
     try {
       const t = await connectTestVmm(d.socketPath);
       try {
@@ -280,7 +280,7 @@ test('daemon in-process: compressed, chunked and xattr-heavy images and a two-im
     }
   }
   // Two images: each appears as a named directory of a synthetic root.
-  const d = await startInProcessDaemon({ image: [`a=${IMAGE}`, `b=${path.join(SHARED_IMAGES, 'lz4.erofs')}`] });
+  const d = await startInProcessDaemon({ images: [{ name: 'a', path: IMAGE, devices: [] }, { name: 'b', path: path.join(SHARED_IMAGES, 'lz4.erofs'), devices: [] }] });
   try {
     const t = await connectTestVmm(d.socketPath);
     try {

@@ -1,12 +1,16 @@
-// The test VMM's DAX window (issue 5 groundwork): the front-end reserves address space and
-// performs the mmaps a back-end asks for on the back-end channel, in both dialects (SHMEM_MAP /
-// SHMEM_UNMAP and the legacy FS_MAP / FS_UNMAP). Driven in-process through vhost-user-ts and the
-// virtio-fs device with a stub FUSE handler whose SETUPMAPPING maps pages of a memfd.
+// The test VMM's DAX window: the front-end reserves address space and performs the mmaps a
+// back-end asks for on the back-end channel, in both dialects (SHMEM_MAP / SHMEM_UNMAP and the
+// legacy FS_MAP / FS_UNMAP). Driven in-process through vhost-user-ts and the virtio-fs device,
+// which opens the window over the back-end channel, with a stub FUSE handler whose SETUPMAPPING
+// maps pages of a memfd into the request's window.
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { native } from './support/native.js';
-import { VhostUserServer, silentLogger, type BackendChannel } from 'vhost-user-ts';
+import { VhostUserServer, silentLogger } from 'vhost-user-ts';
+import type { ReplyWriter } from '../src/fuse/reply.js';
+import type { RequestOrigin } from '../src/fuse/server.js';
+import type { MapChannel } from '../src/share/dax.js';
 import { VirtioFsDevice } from '../src/daemon/virtio-fs.js';
 import {
   FuseError, InitFlag, Op, ProtoFeature, SETUPMAPPING_FLAG_READ, bit, connectTestVmm, tempSocketPath, type DaxDialect,
@@ -15,51 +19,52 @@ import {
 const PAGE = native.pageSize;
 const WINDOW = 8 << 20;
 
-/** A FUSE stub: INIT, SETUPMAPPING → map request, REMOVEMAPPING → unmap request. */
-function stubServer(dialect: DaxDialect, channel: () => BackendChannel | null, memfd: number) {
-  const reply = (unique: bigint, error: number, body: Buffer = Buffer.alloc(0)) => {
-    const h = Buffer.alloc(16);
-    h.writeUInt32LE(16 + body.length, 0);
-    h.writeInt32LE(-error, 4);
-    h.writeBigUInt64LE(unique, 8);
-    return [h, body];
-  };
+/** The connection's window as the device opens it: the map channel over its back-end channel. */
+interface StubWindow {
+  alignmentShift: number;
+  inodeDax: boolean;
+  channel: MapChannel;
+  reset(): void;
+}
+
+/** A FUSE stub: INIT, SETUPMAPPING → map request in the request's window, REMOVEMAPPING → unmap request. */
+function stubServer(memfd: number) {
   return {
-    async handle(req: Buffer): Promise<Buffer[] | null> {
+    async serve(req: Buffer, out: ReplyWriter, origin: RequestOrigin<StubWindow>): Promise<void> {
       const opcode = req.readUInt32LE(4);
-      const unique = req.readBigUInt64LE(8);
-      const ch = channel();
+      const unique = req.subarray(8, 16);
+      const w = origin.window;
       if (opcode === Op.INIT) {
-        const out = Buffer.alloc(64);
-        out.writeUInt32LE(7, 0);
-        out.writeUInt32LE(38, 4);
-        out.writeUInt32LE(InitFlag.MAP_ALIGNMENT, 12);
-        out.writeUInt16LE(Math.log2(PAGE), 30);
-        return reply(unique, 0, out);
+        const init = Buffer.alloc(64);
+        init.writeUInt32LE(7, 0);
+        init.writeUInt32LE(38, 4);
+        init.writeUInt32LE(InitFlag.MAP_ALIGNMENT, 12);
+        init.writeUInt16LE(Math.log2(PAGE), 30);
+        out.write(init);
+        return out.end(unique);
       }
       if (opcode === Op.SETUPMAPPING) {
-        const foffset = req.readBigUInt64LE(40 + 8);
-        const len = req.readBigUInt64LE(40 + 16);
-        const moffset = req.readBigUInt64LE(40 + 32);
-        if (!ch) return reply(unique, 95);
-        const status = dialect === 'shmem'
-          ? await ch.shmemMap({ shmid: 0, fdOffset: foffset, shmOffset: moffset, len, flags: 1n }, memfd)
-          : await ch.fsMap([{ fdOffset: foffset, cacheOffset: moffset, len, flags: 1n }], memfd);
-        return reply(unique, status === 0n ? 0 : 5);
+        const foffset = Number(req.readBigUInt64LE(40 + 8));
+        const len = Number(req.readBigUInt64LE(40 + 16));
+        const moffset = Number(req.readBigUInt64LE(40 + 32));
+        if (!w) return out.end(unique, 95);
+        try {
+          await w.channel.map(moffset, [{ fd: memfd, fdOffset: foffset, length: len }]);
+          return out.end(unique);
+        } catch {
+          return out.end(unique, 5);
+        }
       }
       if (opcode === Op.REMOVEMAPPING) {
         const count = req.readUInt32LE(40);
-        for (let i = 0; i < count; i++) {
-          const moffset = req.readBigUInt64LE(44 + 16 * i);
-          const len = req.readBigUInt64LE(52 + 16 * i);
-          const status = dialect === 'shmem'
-            ? await ch!.shmemUnmap({ shmid: 0, fdOffset: 0n, shmOffset: moffset, len, flags: 0n })
-            : await ch!.fsUnmap([{ fdOffset: 0n, cacheOffset: moffset, len, flags: 0n }]);
-          if (status !== 0n) return reply(unique, 5);
+        try {
+          for (let i = 0; i < count; i++) await w!.channel.unmap(Number(req.readBigUInt64LE(44 + 16 * i)), Number(req.readBigUInt64LE(52 + 16 * i)));
+          return out.end(unique);
+        } catch {
+          return out.end(unique, 5);
         }
-        return reply(unique, 0);
       }
-      return reply(unique, 38);
+      out.end(unique, 38);
     },
   };
 }
@@ -70,24 +75,26 @@ for (const dialect of ['shmem', 'fs-map'] as const) {
     const content = Buffer.alloc(4 * PAGE);
     for (let i = 0; i < content.length; i++) content[i] = (i * 7 + (i >> 12)) & 0xff;
     fs.writeSync(memfd, content, 0, content.length, 0);
-    let channel: BackendChannel | null = null;
+    let window: StubWindow | null = null;
+    const windows = {
+      openWindow: (channel: MapChannel): StubWindow => (window = { alignmentShift: Math.log2(PAGE), inodeDax: false, channel, reset() {} }),
+      closeWindow: () => { window = null; },
+    };
     const socketPath = tempSocketPath(`dax-${dialect}`);
     const server = new VhostUserServer({
       socketPath,
       log: silentLogger,
       createDevice: () => new VirtioFsDevice({
         tag: 'dax', numRequestQueues: 1, log: silentLogger,
-        server: stubServer(dialect, () => channel, memfd),
-        protocolFeatures: dialect === 'shmem' ? bit(ProtoFeature.SHMEM) : 0n,
-        shmemRegions: dialect === 'shmem' ? [BigInt(WINDOW)] : undefined,
-        onBackendChannel: (ch) => { channel = ch; },
+        server: stubServer(memfd),
+        dax: { protocol: dialect, windowSize: WINDOW, windows },
       }),
     });
     server.start();
     const t = await connectTestVmm(socketPath, { dax: { windowSize: WINDOW, dialect } });
     try {
       assert.equal(t.vmm.has(ProtoFeature.SHMEM), dialect === 'shmem');
-      assert.ok(channel, 'back-end channel handed to the device');
+      assert.ok(window, 'the device opened a window over the back-end channel');
       assert.equal(t.client.info!.mapAlignment, Math.log2(PAGE));
       // Pages 1..2 of the backing at 2 MiB into the window.
       await t.client.setupmapping(1n, PAGE, 2 * PAGE, 2 << 20, SETUPMAPPING_FLAG_READ);

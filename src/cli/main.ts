@@ -3,10 +3,9 @@
 // (run<Cmd>(args)); this file only declares options, validates them strictly and reports errors.
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { LOG_LEVELS } from '../daemon/logger.js';
 import { serveBuilder } from './serve.js';
 import { inspectBuilder } from './inspect.js';
-
-const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 function nonNegative(name: string) {
   return (v: unknown): number | undefined => {

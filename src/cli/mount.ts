@@ -7,7 +7,7 @@ import type { ErofsReader } from '../erofs/api.js';
 import { FuseServer } from '../fuse/server.js';
 import { DevFuseTransport } from '../fuse/dev-transport.js';
 import { ImageTree } from '../vfs/index.js';
-import { native, isNativeError } from '../native/index.js';
+import { PAGE_SIZE, native, isNativeError } from '../native/index.js';
 import { createLogger } from '../daemon/logger.js';
 
 export interface MountArgs {
@@ -37,9 +37,8 @@ export async function runMount(args: MountArgs): Promise<number> {
 
   const reader: ErofsReader = openImage(args.image, { devices: args.devices });
   const maxRead = Math.max(4096, Math.min(args.maxRead ?? 1 << 20, 1 << 24));
-  const pageSize = native.pageSize || 4096;
   const tree = new ImageTree({ images: [{ reader }], entryTimeout: args.entryTimeout, attrTimeout: args.attrTimeout });
-  const server = new FuseServer(tree, { logger: log, maxPages: Math.ceil(maxRead / pageSize), maxWrite: 1 << 20 });
+  const server = new FuseServer(tree, { logger: log, maxPages: Math.ceil(maxRead / PAGE_SIZE), maxWrite: 1 << 20 });
 
   const fd = fs.openSync('/dev/fuse', fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
   const C = native.constants;

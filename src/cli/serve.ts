@@ -1,20 +1,17 @@
 // `erofs-vfsd serve`: a vhost-user-fs back-end serving EROFS images, following the vhost-user
-// back-end program conventions (--socket-path, --fd, --print-capabilities).
+// back-end program conventions (--socket-path, --fd, --print-capabilities). This file turns the
+// arguments into a DaemonConfig (src/daemon/serve.ts builds the daemon from it) and prints.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import type { Argv } from 'yargs';
-import { openImage, type ErofsReader } from '../erofs/index.js';
-import { FuseServer } from '../fuse/server.js';
-import { ImageTree } from '../vfs/index.js';
-import { ProtoFeature, VhostUserServer, bit } from 'vhost-user-ts';
-import { VirtioFsDevice } from '../daemon/virtio-fs.js';
-import { createLogger, type Logger } from '../daemon/logger.js';
-import { ShareService, type DaxPolicy, type DaxProtocol } from '../daemon/share.js';
-import { startControlServer, type ControlServer } from '../daemon/control.js';
+import { createLogger } from '../daemon/logger.js';
+import { defaultReadThreads } from '../daemon/read-pool.js';
+import { defaultDaemonConfig, startDaemon, type DaemonConfig, type Daemon, type Endpoint, type ServedImage } from '../daemon/serve.js';
+import type { DaxProtocol } from '../share/dax.js';
 import type { FingerprintSource } from '../share/fingerprint.js';
-import { ReadPool, defaultReadThreads } from '../daemon/read-pool.js';
+import type { DaxPolicy } from '../share/tree.js';
 
 export const SAMPLE_SOCKET = '/tmp/erofs-vfsd.sock';
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -34,7 +31,7 @@ export interface ServeArgs {
   reconnect?: boolean;
   logLevel?: string;
   sample?: boolean;
-  // ---- page sharing and DAX (issue 5) ----
+  // ---- page sharing and DAX ----
   /** Where fingerprints come from: the image's xattr (digest or --fingerprint-xattr), computed, or none. */
   fingerprint?: string;
   fingerprintIndex?: string;
@@ -50,16 +47,8 @@ export interface ServeArgs {
   daxMinSize?: string | number;
   daxWindowSize?: string | number;
   controlSocket?: string;
-  /** Worker threads for file data reads (issue 4); 0 = read on the main thread. */
+  /** Worker threads for file data reads; 0 = read on the main thread. */
   readThreads?: number;
-}
-
-export interface ImageSpec {
-  name?: string;
-  path: string;
-  domain?: string;
-  /** Extra devices of a multi-device image (`,device=PATH`, repeatable). */
-  devices: string[];
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
@@ -68,7 +57,7 @@ const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
  * Parses `[NAME=]PATH[,domain=D][,device=BLOB]...`. Trailing `,key=value` parts with other keys
  * stay part of the path.
  */
-export function parseImageSpec(spec: string): ImageSpec {
+export function parseImageSpec(spec: string): ServedImage {
   const parts = spec.split(',');
   let domain: string | undefined;
   const devices: string[] = [];
@@ -184,136 +173,46 @@ function shareEnabled(v: string | boolean | undefined): boolean {
   throw new Error(`--share ${String(v)}: expected on or off`);
 }
 
-export interface ServeDaemon {
-  server: VhostUserServer;
-  /** One server per --socket-path (one VM each); `server` is the first. */
-  servers: VhostUserServer[];
-  share: ShareService;
-  control?: ControlServer;
-  readers: ErofsReader[];
-  /** File data reads off the event loop (undefined with --read-threads 0). */
-  readPool?: ReadPool;
-  log: Logger;
-  /** Resolves with the reason the server finished. */
-  done: Promise<string>;
-  stop(reason?: string): void;
-}
+const DAX_PROTOCOLS: readonly DaxProtocol[] = ['shmem', 'fs-map'];
+const DAX_POLICIES: readonly DaxPolicy[] = ['always', 'shared', 'never'];
 
-/** Opens the images and starts the vhost-user server (no signal handling, no exit). */
-export function startServe(args: ServeArgs, log: Logger = createLogger(args.logLevel ?? 'info')): ServeDaemon {
-  const specs = list(args.image).map(parseImageSpec);
-  if (specs.length === 0) throw new Error('at least one --image is needed');
+/** The daemon configuration `serve` arguments describe; throws an Error naming the bad flag. */
+export function daemonConfig(args: ServeArgs): DaemonConfig {
+  const images = list(args.image).map(parseImageSpec);
+  if (images.length === 0) throw new Error('at least one --image is needed');
   const devices = list(args.device);
-  if (devices.length && specs.length > 1) throw new Error('--device is ambiguous with several images: use --image PATH,device=BLOB');
-  const readers: ErofsReader[] = [];
-  try {
-    for (const s of specs) {
-      const devs = s.devices.length ? s.devices : devices;
-      readers.push(openImage(s.path, devs.length ? { devices: devs } : undefined));
-    }
-  } catch (e) {
-    for (const r of readers) r.close();
-    throw e;
-  }
-  const names = specs.map((s) => s.name ?? (specs.length > 1 ? path.basename(s.path).replace(/\.[^.]*$/, '') : undefined));
+  if (devices.length && images.length > 1) throw new Error('--device is ambiguous with several images: use --image PATH,device=BLOB');
+  for (const img of images) if (img.devices.length === 0) img.devices = devices;
   const sockets = list(args.socketPath);
   if (sockets.length === 0 && args.fd === undefined) throw new Error('--socket-path or --fd is required');
   if (sockets.length > 1 && args.fd !== undefined) throw new Error('--fd serves one VM: use either --fd or --socket-path');
-  if (new Set(sockets).size !== sockets.length) throw new Error('each --socket-path must be distinct');
-  for (const s of specs) if (s.domain !== undefined && !/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(s.domain)) throw new Error(`--image ${s.path}: domain '${s.domain}' must be a plain name`);
-  const daxProtocol = (args.daxProtocol ?? 'shmem') as DaxProtocol;
-  if (daxProtocol !== 'shmem' && daxProtocol !== 'fs-map') throw new Error(`--dax-protocol ${args.daxProtocol}: expected shmem or fs-map`);
-  const daxPolicy = (args.daxPolicy ?? 'shared') as DaxPolicy;
-  if (!['always', 'shared', 'never'].includes(daxPolicy)) throw new Error(`--dax-policy ${args.daxPolicy}: expected always, shared or never`);
-  const windowSize = parseSize(args.daxWindowSize, 'dax-window-size', 1 << 30);
-  const pageSize = 4096;
-  if (windowSize % pageSize) throw new Error('--dax-window-size must be a multiple of the page size');
-  const readThreads = args.readThreads ?? defaultReadThreads();
-  if (!Number.isSafeInteger(readThreads) || readThreads < 0 || readThreads > 64) throw new Error('--read-threads must be an integer 0..64');
-  // Created once the options are validated (below); data reads go through it when it exists.
-  let readPool: ReadPool | undefined;
-  // One registry (and one set of readers) for every guest; each guest has its own tree state.
-  const share = new ShareService(
-    specs.map((s, i) => ({ name: names[i] ?? s.name ?? path.basename(s.path), domain: s.domain, paths: [s.path, ...(s.devices.length ? s.devices : devices)], reader: readers[i]! })),
-    {
-      share: {
-        enabled: shareEnabled(args.share),
-        verify: args.shareVerify ?? false,
-        acrossDomains: args.shareAcrossDomains ?? false,
-        budgetBytes: parseSize(args.shareCacheSize, 'share-cache-size', 1 << 30),
-        blobDir: args.blobDir,
-      },
-      fingerprint: fingerprintSource(args),
-      dax: { policy: daxPolicy, minSize: parseSize(args.daxMinSize, 'dax-min-size', 0), windowSize, protocol: daxProtocol },
-      log,
-      read: readThreads > 0 ? (image, nid, offset, length) => readPool!.read(image, nid, offset, length) : undefined,
-    },
-  );
-  const tag = args.tag ?? 'erofs';
-  const numRequestQueues = args.numRequestQueues ?? 1;
-  const fuseLog = log.child({ component: 'fuse' });
-  // Validate the device options once before listening.
-  new VirtioFsDevice({ tag, numRequestQueues, server: { handle: async () => null }, log });
-  const cache = cacheOptions(args);
-  if (readThreads > 0) {
-    readPool = new ReadPool(specs.map((s) => ({ path: s.path, devices: s.devices.length ? s.devices : devices })), { threads: readThreads, fallback: readers });
-  }
-  const endpoints: { socketPath?: string; fd?: number }[] = sockets.length ? sockets.map((p) => ({ socketPath: p })) : [{ fd: args.fd }];
-  const servers = endpoints.map((ep, i) => {
-    const guest = share.guest(ep.socketPath ?? `fd${ep.fd}`);
-    const tree = new ImageTree({ images: readers.map((reader, k) => ({ name: names[k], reader })), hooks: guest.hooks, ...cache });
-    let lastSession: FuseServer | undefined;
-    const vmLog = endpoints.length > 1 ? log.child({ vm: i }) : log;
-    return new VhostUserServer({
-      socketPath: ep.socketPath,
-      fd: ep.fd,
-      reconnect: args.reconnect ?? false,
-      log: vmLog,
-      // A FUSE session per connection; the image tree (lookup counts, handles) is per VM and the
-      // readers and share registry are common to all. A front-end that reconnects under a live
-      // guest (or a restarted daemon) sends no new INIT: each session starts as resumed, with
-      // the previous session's negotiation when there was one; a new guest's INIT renegotiates.
-      createDevice: () => {
-        const fuse = new FuseServer(tree, guest.bindFuseOptions({ logger: fuseLog, resume: lastSession?.negotiated ?? true }));
-        lastSession = fuse;
-        return new VirtioFsDevice({
-          tag, numRequestQueues, server: fuse, log: vmLog,
-          protocolFeatures: daxProtocol === 'shmem' && windowSize > 0 ? bit(ProtoFeature.SHMEM) : 0n,
-          shmemRegions: daxProtocol === 'shmem' && windowSize > 0 ? [BigInt(windowSize)] : undefined,
-          onFeaturesAcked: (f, pf) => guest.featuresAcked(f, pf),
-          onBackendChannel: (ch) => guest.backendChannel(ch),
-          onReset: () => guest.reset(),
-        });
-      },
-    });
-  });
-  for (const srv of servers) srv.start();
-  let control: ControlServer | undefined;
-  if (args.controlSocket) {
-    control = startControlServer(args.controlSocket, (cmd) => {
-      if (cmd === 'stats') return share.stats();
-      if (cmd === 'drop-cache') return { dropped: share.dropCache() };
-      return { error: `unknown command '${cmd}' (stats, drop-cache)` };
-    }, log);
-  }
-  const server = servers[0]!;
-  log.info({ images: specs.map((s) => s.path), tag, numRequestQueues, vms: servers.length, share: shareEnabled(args.share), readThreads }, 'serving');
-  const done = Promise.all(servers.map((s) => s.done)).then(async (reasons) => {
-    control?.close();
-    share.close();
-    await readPool?.close();
-    return reasons[0]!;
-  });
+  const endpoints: Endpoint[] = sockets.length ? sockets.map((socketPath) => ({ socketPath })) : [{ fd: args.fd! }];
+  const d = defaultDaemonConfig(images, endpoints);
+  const protocol = (args.daxProtocol ?? d.dax.protocol) as DaxProtocol;
+  if (!DAX_PROTOCOLS.includes(protocol)) throw new Error(`--dax-protocol ${args.daxProtocol}: expected shmem or fs-map`);
+  const policy = (args.daxPolicy ?? d.dax.policy) as DaxPolicy;
+  if (!DAX_POLICIES.includes(policy)) throw new Error(`--dax-policy ${args.daxPolicy}: expected always, shared or never`);
   return {
-    server,
-    servers,
-    share,
-    control,
-    readers,
-    readPool,
-    log,
-    done,
-    stop: (reason = 'stopped') => { for (const s of servers) s.stop(reason); },
+    ...d,
+    tag: args.tag ?? d.tag,
+    numRequestQueues: args.numRequestQueues ?? d.numRequestQueues,
+    reconnect: args.reconnect ?? d.reconnect,
+    cache: cacheOptions(args),
+    share: {
+      enabled: shareEnabled(args.share),
+      verify: args.shareVerify ?? d.share.verify,
+      acrossDomains: args.shareAcrossDomains ?? d.share.acrossDomains,
+      budgetBytes: parseSize(args.shareCacheSize, 'share-cache-size', d.share.budgetBytes),
+      blobDir: args.blobDir,
+    },
+    fingerprint: fingerprintSource(args),
+    dax: {
+      policy, protocol,
+      minSize: parseSize(args.daxMinSize, 'dax-min-size', d.dax.minSize),
+      windowSize: parseSize(args.daxWindowSize, 'dax-window-size', d.dax.windowSize),
+    },
+    readThreads: args.readThreads ?? d.readThreads,
+    controlSocket: args.controlSocket,
   };
 }
 
@@ -365,9 +264,9 @@ export async function runServe(args: ServeArgs): Promise<void> {
     if (!fs.existsSync(list(args.image)[0]!)) throw new Error(`sample image ${list(args.image)[0]} is missing (run samples/build.sh)`);
   }
   const log = createLogger(args.logLevel ?? 'info');
-  let daemon: ServeDaemon;
+  let daemon: Daemon;
   try {
-    daemon = startServe(args, log);
+    daemon = startDaemon(daemonConfig(args), log);
   } catch (e) {
     log.fatal({ err: e instanceof Error ? e.message : String(e) }, 'cannot start');
     process.exitCode = 1;

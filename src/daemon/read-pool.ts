@@ -1,4 +1,4 @@
-// Issue 4: disk I/O and decompression never block the event loop for other queues.
+// Disk I/O and decompression never block the event loop for other queues.
 //
 // A pool of worker_threads, each with its own readers over the daemon's images, serves file data
 // reads (the heavy part: pread/mmap copies and LZ4/LZMA/DEFLATE decompression) while the main
@@ -12,8 +12,6 @@
 import os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { ErofsError, type ErofsReader } from '../erofs/api.js';
-import type { MaybePromise } from '../fuse/filesystem.js';
-import type { ImageTreeHooks, TreeTarget } from '../vfs/index.js';
 
 export interface PoolImage {
   path: string;
@@ -68,7 +66,7 @@ interface Pending extends PoolRequest {
   reject(e: Error): void;
 }
 
-interface Slot {
+interface WorkerSlot {
   worker: Worker;
   inflight: Map<number, Pending>;
   exited: Promise<void>;
@@ -80,7 +78,7 @@ export class ReadPool {
   readonly threads: number;
   private readonly perWorker: number;
   private readonly maxQueued: number;
-  private readonly slots: Slot[] = [];
+  private readonly slots: WorkerSlot[] = [];
   private readonly queue: Pending[] = [];
   private nextId = 1;
   private closed = false;
@@ -98,9 +96,9 @@ export class ReadPool {
     for (let i = 0; i < threads; i++) this.slots.push(this.spawn());
   }
 
-  private spawn(): Slot {
+  private spawn(): WorkerSlot {
     const worker = new Worker(this.workerUrl, { workerData: { images: this.images, cacheBytes: this.opts.cacheBytes ?? 16 << 20 } });
-    const slot: Slot = { worker, inflight: new Map(), exited: new Promise((res) => worker.once('exit', () => res())) };
+    const slot: WorkerSlot = { worker, inflight: new Map(), exited: new Promise((res) => worker.once('exit', () => res())) };
     worker.on('message', (m: PoolReply) => this.onReply(slot, m));
     worker.on('error', (e) => this.onDead(slot, e));
     worker.once('exit', (code) => this.onDead(slot, new Error(`read worker exited (code ${code})`)));
@@ -133,7 +131,7 @@ export class ReadPool {
       const p = this.queue[0]!;
       // Affinity: a file's reads prefer one worker, whose decompressed-block cache then holds the
       // pclusters that adjacent windows share; a busy preferred worker spills to the least loaded.
-      let best: Slot | undefined = this.slots.length ? this.slots[(p.image * 7919 + p.nid) % this.slots.length] : undefined;
+      let best: WorkerSlot | undefined = this.slots.length ? this.slots[(p.image * 7919 + p.nid) % this.slots.length] : undefined;
       if (best && best.inflight.size >= this.perWorker) {
         best = undefined;
         for (const s of this.slots) if (s.inflight.size < this.perWorker && (!best || s.inflight.size < best.inflight.size)) best = s;
@@ -147,7 +145,7 @@ export class ReadPool {
     }
   }
 
-  private onReply(slot: Slot, m: PoolReply): void {
+  private onReply(slot: WorkerSlot, m: PoolReply): void {
     const p = slot.inflight.get(m.id);
     if (!p) return;
     slot.inflight.delete(m.id);
@@ -165,7 +163,7 @@ export class ReadPool {
   }
 
   /** A worker died (crash, OOM, exit): fail its reads with EIO and start a replacement. */
-  private onDead(slot: Slot, err: Error): void {
+  private onDead(slot: WorkerSlot, err: Error): void {
     const i = this.slots.indexOf(slot);
     if (i < 0) return;
     this.slots.splice(i, 1);
@@ -220,20 +218,4 @@ export class ReadPool {
   }
 
   private closing: Promise<void>[] = [];
-}
-
-/**
- * An ImageTree read hook that sends regular-file data reads through the pool. `fallback` (e.g.
- * the share layer's hook) is consulted first; when it returns undefined the pool reads.
- * TreeTarget.index must be the pool's image index.
- */
-export function poolReadHook(pool: ReadPool, fallback?: ImageTreeHooks['read']): NonNullable<ImageTreeHooks['read']> {
-  return (t: TreeTarget, offset: number, size: number, direct: boolean): MaybePromise<Buffer | Buffer[] | undefined> => {
-    if (fallback) {
-      const r = fallback(t, offset, size, direct);
-      if (r instanceof Promise) return r.then((v) => v ?? pool.read(t.index, t.nid, offset, size));
-      if (r !== undefined) return r;
-    }
-    return pool.read(t.index, t.nid, offset, size);
-  };
 }

@@ -1,9 +1,20 @@
 // The virtio-fs device (VIRTIO device id 26) on top of vhost-user-ts: queue 0 is the
 // high-priority queue (FORGET, INTERRUPT), queues 1..N carry requests. Each descriptor chain is
 // one FUSE request: the device-readable bytes are gathered (copied, so the guest cannot change
-// them under us), handed to the FUSE server, and the reply is scattered into the chain's
-// device-writable buffers. Requests complete in any order; the FUSE server is async.
-import type { DescriptorChain, Logger, VhostUserDevice, BackendChannel } from 'vhost-user-ts';
+// them under us) and served by this connection's FUSE server, whose reply goes through a
+// ReplyWriter over the chain's device-writable buffers: a READ's file data is copied out of the
+// image straight into guest memory. Requests complete in any order.
+//
+// The device also owns the connection's DAX window: once the front-end has given a back-end
+// channel (and, for SHMEM_MAP, acknowledged the SHMEM protocol feature), it opens the window over
+// that channel and hands it to the server with every request, as virtiofsd hands `vu_req`.
+import { Errno } from '../fuse/abi.js';
+import type { DaxWindowInfo } from '../fuse/filesystem.js';
+import { ReplyWriter } from '../fuse/reply.js';
+import type { RequestOrigin } from '../fuse/server.js';
+import type { DaxProtocol, MapChannel } from '../share/dax.js';
+import { ProtoFeature, bit, type BackendChannel, type DescriptorChain, type Logger, type VhostUserDevice } from 'vhost-user-ts';
+import { BackendMapChannel } from './dax-channel.js';
 
 /** VIRTIO_FS config: u8 tag[36], le32 num_request_queues (notify_buf_size only with NOTIFICATION). */
 export const VIRTIO_FS_TAG_LEN = 36;
@@ -16,47 +27,41 @@ export const VIRTIO_ID_FS = 26;
  */
 export const MAX_REQUEST_BYTES = 128 * 1024;
 
-const OUT_HEADER_SIZE = 16;
-const EIO = 5;
-/** FUSE_READ: its reply data is written into a pooled buffer lent to the server. */
-const FUSE_READ = 15;
-/** Lent reply buffers: large enough for the biggest READ the server answers (max_pages 256). */
-const REPLY_BUFFER_SIZE = 1 << 20;
-const REPLY_POOL_MAX = 16;
-const E2BIG = 7;
-
-/** Per-request context handed to the FUSE server (src/fuse/server.ts HandleContext). */
-export interface RequestContextIn {
-  queue?: number;
-  replyBuffer?: Buffer;
-  /** The chain's device-writable buffers: a READ may place its data there (synchronously). */
-  replyTo?: readonly Buffer[];
-  /** Set by the server: data bytes placed in replyTo after the out header. */
-  placed?: number;
+/** The FUSE side of a connection (FuseServer): serves one request into a reply writer. */
+export interface FuseSession<W> {
+  serve(request: Buffer, out: ReplyWriter, origin: RequestOrigin<W>): void | Promise<void>;
 }
 
-/** The transport-neutral FUSE server surface we need (src/fuse/server.ts FuseServer). */
-export interface FuseRequestHandler {
-  handle(request: Buffer, ctx?: RequestContextIn): Promise<Buffer[] | null>;
-  /** Optional: like handle(), but answers synchronously when it can (no promise, no hop). */
-  handleMaybeSync?(request: Buffer, ctx?: RequestContextIn): Buffer[] | null | Promise<Buffer[] | null>;
+/** A DAX window as the device keeps it for its connection. */
+export interface ConnectionWindow extends DaxWindowInfo {
+  /** The guest reset: the VMM dropped the window's mappings. */
+  reset(): void;
 }
 
-export interface VirtioFsDeviceOptions {
+/** Opens a connection's DAX window over its map channel and keeps what is mapped where (the share layer's SharedTree). */
+export interface DaxWindows<W> {
+  openWindow(channel: MapChannel): W;
+  /** The window went away (no back-end channel any more). */
+  closeWindow(window: W): void;
+}
+
+export interface VirtioFsDax<W> {
+  /** The back-end channel messages that map the window. */
+  protocol: DaxProtocol;
+  /** Bytes of the window; 0 = no DAX. */
+  windowSize: number;
+  windows: DaxWindows<W>;
+}
+
+export interface VirtioFsDeviceOptions<W extends ConnectionWindow> {
   tag: string;
   /** Request queues (the high-priority queue comes on top). */
   numRequestQueues: number;
-  server: FuseRequestHandler;
+  /** The FUSE session this connection serves. */
+  server: FuseSession<W>;
   log: Logger;
-  /** Extra protocol features (e.g. for DAX window dialects); none by default. */
-  protocolFeatures?: bigint;
-  /** VIRTIO shared memory region sizes by shmid (GET_SHMEM_CONFIG); region 0 is the DAX cache window. */
-  shmemRegions?: readonly bigint[];
-  /** Called with the back-end channel when the front-end provides one (DAX uses it). */
-  onBackendChannel?: (ch: BackendChannel | null) => void;
-  onReset?: (reason: string) => void;
-  /** Called with the features the front-end acknowledged (DAX needs the SHMEM protocol bit). */
-  onFeaturesAcked?: (features: bigint, protocolFeatures: bigint) => void;
+  /** A DAX window, when the front-end provides a usable back-end channel; none without this. */
+  dax?: VirtioFsDax<W>;
 }
 
 export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buffer {
@@ -68,47 +73,48 @@ export function encodeVirtioFsConfig(tag: string, numRequestQueues: number): Buf
   return cfg;
 }
 
-/** Copies `parts` into `dst` slices in order; returns bytes written. Caller checks capacity. */
-export function scatter(parts: Buffer[], dst: Buffer[]): number {
-  let di = 0;
-  let doff = 0;
-  let written = 0;
-  for (const p of parts) {
-    let poff = 0;
-    while (poff < p.length) {
-      const d = dst[di];
-      if (!d) return written;
-      const n = p.copy(d, doff, poff);
-      poff += n;
-      doff += n;
-      written += n;
-      if (doff >= d.length) {
-        di++;
-        doff = 0;
-      }
-    }
+/** Checks a device configuration; throws RangeError with what is wrong. */
+export function checkVirtioFsConfig(tag: string, numRequestQueues: number): void {
+  if (!Number.isInteger(numRequestQueues) || numRequestQueues < 1 || numRequestQueues > 255) {
+    throw new RangeError('num-request-queues must be 1..255');
   }
-  return written;
+  encodeVirtioFsConfig(tag, numRequestQueues);
 }
 
-export class VirtioFsDevice implements VhostUserDevice {
+/** A reply into a chain's device-writable guest buffers; once the ring was reset they are not ours. */
+class ChainReply extends ReplyWriter {
+  constructor(private readonly chain: DescriptorChain) {
+    super(chain.writable);
+  }
+
+  protected override live(): boolean {
+    return this.chain.queue.isCurrent(this.chain);
+  }
+}
+
+export class VirtioFsDevice<W extends ConnectionWindow = ConnectionWindow> implements VhostUserDevice {
   readonly features = 0n;
   readonly protocolFeatures: bigint;
+  /** GET_SHMEM_CONFIG: region 0 is the DAX window (SHMEM_MAP dialect only). */
   readonly shmemRegions: readonly bigint[] | undefined;
   readonly numQueues: number;
   private readonly config: Buffer;
-  stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0, placed: 0 };
+  stats = { requests: 0, replies: 0, noReply: 0, tooLarge: 0, failed: 0, stale: 0 };
   inflight = 0;
-  private readonly replyPool: Buffer[] = [];
+  private channel: BackendChannel | null = null;
+  private ackedProtocolFeatures = 0n;
+  /** This connection's DAX window, while the front-end provides one, and the channel it maps through. */
+  private window: W | undefined;
+  private mapChannel: BackendMapChannel | undefined;
 
-  constructor(private readonly opts: VirtioFsDeviceOptions) {
-    if (!Number.isInteger(opts.numRequestQueues) || opts.numRequestQueues < 1 || opts.numRequestQueues > 255) {
-      throw new RangeError('num-request-queues must be 1..255');
-    }
+  constructor(private readonly opts: VirtioFsDeviceOptions<W>) {
+    checkVirtioFsConfig(opts.tag, opts.numRequestQueues);
     this.numQueues = 1 + opts.numRequestQueues;
     this.config = encodeVirtioFsConfig(opts.tag, opts.numRequestQueues);
-    this.protocolFeatures = opts.protocolFeatures ?? 0n;
-    this.shmemRegions = opts.shmemRegions;
+    const dax = opts.dax;
+    const shmem = dax !== undefined && dax.protocol === 'shmem' && dax.windowSize > 0;
+    this.protocolFeatures = shmem ? bit(ProtoFeature.SHMEM) : 0n;
+    this.shmemRegions = shmem ? [BigInt(dax.windowSize)] : undefined;
   }
 
   getConfig(offset: number, size: number): Buffer | null {
@@ -116,20 +122,47 @@ export class VirtioFsDevice implements VhostUserDevice {
     return Buffer.from(this.config.subarray(offset, offset + size));
   }
 
-  featuresAcked(features: bigint, protocolFeatures: bigint): void {
-    this.opts.onFeaturesAcked?.(features, protocolFeatures);
+  featuresAcked(_features: bigint, protocolFeatures: bigint): void {
+    this.ackedProtocolFeatures = protocolFeatures;
+    this.refreshWindow();
   }
 
   backendChannel(ch: BackendChannel | null): void {
-    this.opts.onBackendChannel?.(ch);
+    this.channel = ch;
+    this.refreshWindow();
   }
 
-  reset(reason: string): void {
-    this.opts.onReset?.(reason);
+  /** Guest reset or disconnect: the VMM drops the window's contents; unpin what they held. */
+  reset(_reason: string): void {
+    this.window?.reset();
+  }
+
+  /**
+   * A window exists while its dialect is usable on the current back-end channel. A replaced
+   * channel or a repeated negotiation keeps the window and what it maps (the VMM holds those
+   * mappings until a device reset); requests then go through the current channel.
+   */
+  private refreshWindow(): void {
+    const dax = this.opts.dax;
+    if (!dax) return;
+    const channel = this.channel;
+    const usable = channel !== null && dax.windowSize > 0 &&
+      (dax.protocol === 'fs-map' || (this.ackedProtocolFeatures & bit(ProtoFeature.SHMEM)) !== 0n);
+    if (!usable) {
+      if (this.window) dax.windows.closeWindow(this.window);
+      this.window = undefined;
+      this.mapChannel = undefined;
+      return;
+    }
+    if (this.mapChannel) {
+      this.mapChannel.channel = channel;
+      return;
+    }
+    this.mapChannel = new BackendMapChannel(channel, dax.protocol, dax.windowSize);
+    this.window = dax.windows.openWindow(this.mapChannel);
   }
 
   handleChain(chain: DescriptorChain): void {
-    const log = this.opts.log;
     const q = chain.queue;
     this.stats.requests++;
     // A private copy (the guest may rewrite its buffers while we work), truncated: the server
@@ -147,100 +180,43 @@ export class VirtioFsDevice implements VhostUserDevice {
       }
     }
     this.inflight++;
-    // A READ's data goes straight into the chain's writable buffers when the server can place it
-    // synchronously (one copy, image → guest); otherwise into a pooled buffer (no fresh
-    // allocation per request), back to the pool once the reply has been scattered.
-    const isRead = request.length >= 8 && request.readUInt32LE(4) === FUSE_READ;
-    const lend = isRead ? this.replyPool.pop() ?? Buffer.allocUnsafeSlow(REPLY_BUFFER_SIZE) : undefined;
-    const ctx: RequestContextIn = isRead ? { queue: q.index, replyBuffer: lend, replyTo: chain.writable, placed: 0 } : { queue: q.index };
-    const server = this.opts.server;
-    let reply: Buffer[] | null | Promise<Buffer[] | null>;
+    const out = new ChainReply(chain);
+    let served: void | Promise<void>;
     try {
-      reply = server.handleMaybeSync ? server.handleMaybeSync(request, ctx) : server.handle(request, ctx);
+      served = this.opts.server.serve(request, out, { queue: q.index, window: this.window });
     } catch (e) {
-      reply = Promise.reject(e);
+      served = Promise.reject(e);
     }
-    if (!(reply instanceof Promise)) {
-      this.finish(chain, reply, request, ctx, lend);
+    if (!(served instanceof Promise)) {
+      this.finish(chain, out);
       return;
     }
-    reply.then(
-      (parts) => this.finish(chain, parts, request, ctx, lend),
+    served.then(
+      () => this.finish(chain, out),
       (e: unknown) => {
         this.stats.failed++;
-        log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
-        ctx.placed = 0;
-        this.finish(chain, [errorHeader(request, EIO)], request, ctx, lend);
+        this.opts.log.error({ queue: q.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: request failed');
+        if (request.length >= 16) out.end(request.subarray(8, 16), Errno.EIO);
+        this.finish(chain, out);
       },
     );
   }
 
-  private finish(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer, ctx: RequestContextIn, lend: Buffer | undefined): void {
+  /** Returns the chain to the guest with what the reply wrote. */
+  private finish(chain: DescriptorChain, out: ChainReply): void {
     this.inflight--;
+    if (out.overflowed) {
+      this.stats.tooLarge++;
+      this.opts.log.warn({ queue: chain.queue.index, room: chain.writableLength }, 'virtio-fs: reply larger than the guest buffers');
+    }
+    if (out.stale) this.stats.stale++;
+    else if (out.length === 0) this.stats.noReply++;
+    else this.stats.replies++;
     try {
-      chain.queue.complete(chain, this.writeReply(chain, parts, request, ctx.placed ?? 0));
+      chain.queue.complete(chain, out.length);
     } catch (e) {
       // Never let a completion error become an unhandled rejection (that would end the daemon).
       this.opts.log.error({ queue: chain.queue.index, err: e instanceof Error ? e.message : String(e) }, 'virtio-fs: completing a request failed');
-    } finally {
-      if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
     }
   }
-
-  /** Scatters the reply into the chain's writable part; returns bytes written. */
-  private writeReply(chain: DescriptorChain, parts: Buffer[] | null, request: Buffer, placed: number): number {
-    if (!parts || parts.length === 0) {
-      this.stats.noReply++;
-      return 0;
-    }
-    // The ring was stopped (guest reset) meanwhile: these buffers are no longer ours to write.
-    if (!chain.queue.isCurrent(chain)) {
-      this.stats.stale++;
-      return 0;
-    }
-    let total = 0;
-    for (const p of parts) total += p.length;
-    if (placed > 0) {
-      // READ data already sits after the header: write just the header (it counts the data).
-      this.stats.placed++;
-      if (parts.length !== 1 || total !== OUT_HEADER_SIZE || OUT_HEADER_SIZE + placed > chain.writableLength) {
-        this.stats.failed++;
-        this.opts.log.error({ queue: chain.queue.index, placed, room: chain.writableLength }, 'virtio-fs: inconsistent placed reply');
-        parts = [errorHeader(request, EIO)];
-        placed = 0;
-      }
-      try {
-        const n = scatter(parts, chain.writable);
-        this.stats.replies++;
-        return n + placed;
-      } catch (e) {
-        this.opts.log.warn({ err: String(e) }, 'virtio-fs: could not write reply');
-        return 0;
-      }
-    }
-    if (total > chain.writableLength) {
-      this.stats.tooLarge++;
-      this.opts.log.warn({ queue: chain.queue.index, reply: total, room: chain.writableLength }, 'virtio-fs: reply larger than the guest buffers');
-      if (chain.writableLength < OUT_HEADER_SIZE) return 0;
-      parts = [errorHeader(request, E2BIG)];
-    }
-    try {
-      const n = scatter(parts, chain.writable);
-      this.stats.replies++;
-      return n;
-    } catch (e) {
-      // Memory went away (unmapped table): nothing was delivered.
-      this.opts.log.warn({ err: String(e) }, 'virtio-fs: could not write reply');
-      return 0;
-    }
-  }
-}
-
-/** A bare fuse_out_header carrying -errno for the request's unique id. */
-function errorHeader(request: Buffer, errno: number): Buffer {
-  const h = Buffer.alloc(OUT_HEADER_SIZE);
-  h.writeUInt32LE(OUT_HEADER_SIZE, 0);
-  h.writeInt32LE(-errno, 4);
-  if (request.length >= 16) request.copy(h, 8, 8, 16);
-  return h;
 }

@@ -1,10 +1,12 @@
 // /dev/fuse transport: reads one request per read(2) from a non-blocking /dev/fuse fd when the
-// libuv poll watch says it is readable, hands it to the FuseServer, and writes each reply with a
-// single writev(2). ENODEV on read means the filesystem was unmounted (or the connection aborted).
+// libuv poll watch says it is readable, hands it to the FuseServer with a reply writer over a
+// pooled buffer, and writes each reply with a single write(2). ENODEV on read means the
+// filesystem was unmounted (or the connection aborted).
 import fs from 'node:fs';
 import { native } from '../native/index.js';
 import type { FuseLogger, FuseServer } from './server.js';
-import { IN_HEADER_SIZE, Opcode } from './abi.js';
+import { IN_HEADER_SIZE } from './abi.js';
+import { ReplyWriter } from './reply.js';
 
 export interface DevFuseTransportOptions {
   /** Read buffer size; must exceed max_write + headers (default 1 MiB + 4 KiB). */
@@ -14,7 +16,7 @@ export interface DevFuseTransportOptions {
   batch?: number;
 }
 
-/** Idle reply buffers kept for reuse (one per concurrently served READ). */
+/** Idle reply writers (each with its buffer) kept for reuse: one per concurrently served request. */
 const REPLY_POOL_MAX = 8;
 
 function errCode(err: unknown): string | undefined {
@@ -31,7 +33,7 @@ export class DevFuseTransport {
   readonly closed: Promise<string>;
   private readonly log: FuseLogger | undefined;
   private readonly batch: number;
-  private readonly replyPool: Buffer[] = [];
+  private readonly replyPool: ReplyWriter[] = [];
 
   constructor(private readonly fd: number, private readonly server: FuseServer, opts: DevFuseTransportOptions = {}) {
     this.buf = Buffer.allocUnsafe(Math.max(opts.bufferSize ?? (1 << 20) + 4096, 8192 + 4096));
@@ -89,31 +91,34 @@ export class DevFuseTransport {
       }
       // The server keeps references into the request across awaits: give it its own copy.
       const req = Buffer.from(this.buf.subarray(0, n));
-      // READ data goes into a pooled reply buffer (a fresh 1 MiB buffer per request costs page
-      // faults); it returns to the pool once writev has copied it into the kernel.
-      const lend = req.readUInt32LE(4) === Opcode.READ ? this.takeReplyBuffer() : undefined;
+      // Replies go into a pooled buffer (a fresh 1 MiB buffer per READ costs page faults); it
+      // returns to the pool once write(2) has copied it into the kernel.
+      const out = this.replyPool.pop() ?? new ReplyWriter([Buffer.allocUnsafeSlow(this.buf.length)]);
+      out.restart();
       this.inflight++;
-      this.server
-        .handle(req, lend ? { replyBuffer: lend } : undefined)
-        .then((reply) => {
-          if (reply) this.write(reply);
-        })
-        .catch((e) => this.log?.error({ err: String(e) }, 'fuse: handler failed'))
-        .finally(() => {
-          this.inflight--;
-          if (lend && this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(lend);
-        });
+      const served = this.server.serve(req, out);
+      if (served instanceof Promise) {
+        served
+          .then(() => this.reply(out))
+          .catch((e) => this.log?.error({ err: String(e) }, 'fuse: handler failed'))
+          .finally(() => this.release(out));
+      } else {
+        this.reply(out);
+        this.release(out);
+      }
     }
   }
 
-  private takeReplyBuffer(): Buffer {
-    return this.replyPool.pop() ?? Buffer.allocUnsafeSlow(this.buf.length);
+  private release(out: ReplyWriter): void {
+    this.inflight--;
+    if (this.replyPool.length < REPLY_POOL_MAX) this.replyPool.push(out);
   }
 
-  private write(iov: Buffer[]): void {
-    if (this.stopped) return;
+  private reply(out: ReplyWriter): void {
+    const bytes = out.bytes;
+    if (this.stopped || !bytes || bytes.length === 0) return;
     try {
-      fs.writevSync(this.fd, iov);
+      fs.writeSync(this.fd, bytes);
     } catch (e) {
       const code = errCode(e);
       // ENOENT: the request was interrupted/aborted meanwhile; the kernel no longer wants it.
@@ -122,7 +127,7 @@ export class DevFuseTransport {
         this.stop('unmounted');
         return;
       }
-      this.log?.error({ err: String(e), bytes: iov.reduce((a, b) => a + b.length, 0) }, 'fuse: reply write failed');
+      this.log?.error({ err: String(e), bytes: bytes.length }, 'fuse: reply write failed');
     }
   }
 }

@@ -4,11 +4,12 @@
 // throw FuseError (or an error with an errno-name `code`, e.g. ErofsError) to answer an errno.
 import type { FuseAttr, EntryParams } from './abi.js';
 import { Errno, errnoFromName } from './abi.js';
+import type { DataWriter } from './reply.js';
 
 export type { FuseAttr } from './abi.js';
 export type MaybePromise<T> = T | Promise<T>;
 
-/** Who asks, from fuse_in_header, plus the transport's queue index. */
+/** Who asks, from fuse_in_header, plus what the connection negotiated. */
 export interface RequestContext {
   opcode: number;
   unique: bigint;
@@ -16,7 +17,26 @@ export interface RequestContext {
   uid: number;
   gid: number;
   pid: number;
+  /** The transport's request queue the request came on (virtio-fs), for logs. */
   queue?: number;
+  /**
+   * FUSE_HAS_INODE_DAX was negotiated on this connection: FUSE_ATTR_DAX in an attribute makes
+   * the guest map that file through its DAX window. Without it the flag means nothing.
+   */
+  inodeDax: boolean;
+}
+
+/**
+ * What FUSE_INIT needs to know of a connection's DAX window. The transport owns the window (a
+ * virtio-fs device's shared memory region, mapped by the VMM on request) and hands it to the
+ * server with each request; the filesystem gets the whole window (its type W) in setupMapping
+ * and removeMapping, as virtiofsd's filesystem gets `vu_req`.
+ */
+export interface DaxWindowInfo {
+  /** log2 of the alignment a mapping's offsets need (FUSE_INIT map_alignment). */
+  readonly alignmentShift: number;
+  /** Files choose DAX one by one (FUSE_HAS_INODE_DAX, FUSE_ATTR_DAX). */
+  readonly inodeDax: boolean;
 }
 
 /** A LOOKUP answer. nodeid 0 = negative entry (ENOENT cached for entryTimeout seconds). */
@@ -97,7 +117,7 @@ export interface StatxOut {
   attributesMask?: number;
 }
 
-export interface FuseFilesystem {
+export interface FuseFilesystem<W extends DaxWindowInfo = DaxWindowInfo> {
   init?(info: InitInfo): MaybePromise<void>;
   destroy?(): MaybePromise<void>;
   lookup?(ctx: RequestContext, parent: number, name: Buffer): MaybePromise<EntryOut>;
@@ -107,22 +127,12 @@ export interface FuseFilesystem {
   statx?(ctx: RequestContext, nodeid: number, fh: number | undefined, mask: number, flags: number): MaybePromise<StatxOut>;
   readlink?(ctx: RequestContext, nodeid: number): MaybePromise<Buffer>;
   open?(ctx: RequestContext, nodeid: number, flags: number): MaybePromise<OpenOut>;
-  /** Up to `size` bytes; short only at EOF. May return several buffers (reply iovecs). */
-  read?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): MaybePromise<Buffer | Buffer[]>;
   /**
-   * Optional zero-allocation READ: fill target[0, n) (target.length >= size) and return n (short
-   * only at EOF), or return the data as buffers like read() (e.g. from a hook). Used when the
-   * transport lends the server a reply buffer; `target` is only valid until the reply is sent.
+   * FUSE_READ: writes up to `size` bytes from `offset` into `out` (short only at EOF). `out` is
+   * the reply's data area wherever the transport put it (guest buffers, a pooled buffer); write
+   * into it before the returned promise settles, never after.
    */
-  readInto?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, target: Buffer): MaybePromise<number | Buffer | Buffer[]>;
-  /**
-   * Optional zero-copy READ into the transport's reply memory (e.g. a guest's buffers): fill the
-   * segments in order with up to `size` bytes (their total is exactly `size`) and return the
-   * count n synchronously (short only at EOF). The segments may be written only during this call,
-   * never later: to answer asynchronously (or from a cache), leave them alone and return the
-   * data like read() — as buffers, or a promise of buffers (never a promise of a count).
-   */
-  readIntoSegments?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, segments: readonly Buffer[]): number | Buffer | Buffer[] | Promise<Buffer | Buffer[]>;
+  read?(ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, out: DataWriter): MaybePromise<void>;
   flush?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   release?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   statfs?(ctx: RequestContext, nodeid: number): MaybePromise<StatfsOut>;
@@ -135,9 +145,13 @@ export interface FuseFilesystem {
   releasedir?(ctx: RequestContext, nodeid: number, fh: number): MaybePromise<void>;
   /** SEEK_DATA / SEEK_HOLE (SEEK_SET/END are answered by the server from getattr). */
   lseek?(ctx: RequestContext, nodeid: number, fh: number, offset: number, whence: number): MaybePromise<number>;
-  /** DAX (issue 5): map [foffset, foffset+len) of fh at moffset in the window. */
-  setupMapping?(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void>;
-  removeMapping?(ctx: RequestContext, ranges: RemoveMappingOne[]): MaybePromise<void>;
+  /**
+   * FUSE_SETUPMAPPING: map [foffset, foffset+len) of fh at moffset in `window`, the DAX window of
+   * the connection the request came on (undefined: it has none).
+   */
+  setupMapping?(ctx: RequestContext, nodeid: number, m: SetupMappingIn, window: W | undefined): MaybePromise<void>;
+  /** FUSE_REMOVEMAPPING of `ranges` in `window` (as for setupMapping). */
+  removeMapping?(ctx: RequestContext, ranges: RemoveMappingOne[], window: W | undefined): MaybePromise<void>;
 }
 
 /** An errno answer. `errno` is the positive Linux number. */

@@ -59,6 +59,9 @@ function load(): NativeShim {
 
 export const native: NativeShim = load();
 
+/** The host's page size: the unit of mmap offsets, DAX mappings and FUSE max_pages. */
+export const PAGE_SIZE: number = native.pageSize;
+
 export function isNativeError(err: unknown, code?: string): err is NativeError {
   return err instanceof Error && typeof (err as NativeError).errno === 'number' && (code === undefined || (err as NativeError).code === code);
 }

@@ -10,7 +10,7 @@
 //    daemon processes), filled lazily per granule from a holder's image, single-flight. When
 //    the holder stores the file uncompressed (small files wholly inline in the metadata), plain
 //    READs are served from the holder's image and only DAX mappings fill the blob: without a
-//    window a copy would only add to the image's page cache (issue 5, QEMU guests). Guests
+//    window a copy would only add to the image's page cache (QEMU guests without one). Guests
 //    without a window do not fill blobs of compressed files either (read(fill=false)): they
 //    keep their own page-cache copy, so the host's copy is the holder's compressed pages.
 //
@@ -21,9 +21,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { native } from '../native/index.js';
+import { PAGE_SIZE, native } from '../native/index.js';
 
-export const PAGE_SIZE: number = native.pageSize;
 /** Blobs fill in granules of this size: big enough to amortise decompression, small enough for random reads. */
 export const BLOB_GRANULE = 512 * 1024;
 

@@ -1,15 +1,32 @@
-// DAX window bookkeeping, one per guest: which window ranges map which backing, so that
-// REMOVEMAPPING, a remap of the same range, and a guest reset release exactly what was mapped.
-// The mapping itself is done by the VMM, asked through a MapChannel (SHMEM_MAP or FS_MAP).
+// DAX window bookkeeping, one per guest connection: which window ranges map which backing, so
+// that REMOVEMAPPING, a remap of the same range, and a guest reset release exactly what was
+// mapped. The mapping itself is done by the VMM, asked through the connection's MapChannel.
 
-import { PAGE_SIZE, type Backing, type MapPiece } from './backing.js';
+import type { DaxWindowInfo } from '../fuse/filesystem.js';
+import { PAGE_SIZE } from '../native/index.js';
+import type { Backing, MapPiece } from './backing.js';
 
-/** The VMM side of a DAX window: the back-end request channel speaks one of the two dialects. */
+/**
+ * The messages a VMM maps a DAX window with: vhost-user SHMEM_MAP/SHMEM_UNMAP (the SHMEM
+ * protocol feature) or the older virtio-fs FS_MAP/FS_UNMAP.
+ */
+export type DaxProtocol = 'shmem' | 'fs-map';
+
+/** The VMM side of a DAX window, as the transport offers it over its back-end channel. */
 export interface MapChannel {
+  /** Bytes of the window. */
+  readonly size: number;
   /** Map `pieces` back to back starting at window offset `windowOffset`, read-only. */
   map(windowOffset: number, pieces: MapPiece[]): Promise<void>;
   /** Replace [windowOffset, windowOffset+length) with inaccessible memory. */
   unmap(windowOffset: number, length: number): Promise<void>;
+}
+
+export interface DaxWindowOptions {
+  /** Files choose DAX one by one (FUSE_ATTR_DAX) in this window. */
+  inodeDax?: boolean;
+  /** A backing lost its last pin here (the registry may now evict it). */
+  onUnpinned?: (b: Backing) => void;
 }
 
 interface WindowRange {
@@ -24,15 +41,22 @@ export class DaxWindowError extends Error {
   }
 }
 
-export class DaxWindow {
+export class DaxWindow implements DaxWindowInfo {
   /** Sorted by start; ranges never overlap. */
   private ranges: WindowRange[] = [];
+  /** Mappings start and end on host pages. */
+  readonly alignmentShift = Math.log2(PAGE_SIZE);
+  readonly inodeDax: boolean;
+  private readonly onUnpinned: (b: Backing) => void;
 
-  constructor(
-    readonly size: number,
-    private readonly channel: MapChannel,
-    private readonly onUnpinned: (b: Backing) => void = () => {},
-  ) {}
+  constructor(private readonly channel: MapChannel, opts: DaxWindowOptions = {}) {
+    this.inodeDax = opts.inodeDax ?? false;
+    this.onUnpinned = opts.onUnpinned ?? (() => {});
+  }
+
+  get size(): number {
+    return this.channel.size;
+  }
 
   get mappedRanges(): number {
     return this.ranges.length;

@@ -6,7 +6,8 @@
 // file whose content does not match its claim never joins — it keeps reading its own bytes.
 
 import type { ErofsReader } from '../erofs/api.js';
-import { Backing, BlobBacking, ImageRangeBacking, PAGE_SIZE, type ContentSource } from './backing.js';
+import { PAGE_SIZE } from '../native/index.js';
+import { Backing, BlobBacking, ImageRangeBacking, type ContentSource } from './backing.js';
 import { FingerprintResolver, hashFileContent, imageIdentity, type FingerprintSource } from './fingerprint.js';
 
 export interface ShareOptions {
@@ -29,7 +30,8 @@ export const DEFAULT_SHARE_OPTIONS: ShareOptions = {
   budgetBytes: 1 << 30,
 };
 
-export interface ImageSpec {
+/** An image as it joins the registry. */
+export interface ImageToRegister {
   name: string;
   /** Trust domain; default: the image's own name. */
   domain?: string;
@@ -37,7 +39,7 @@ export interface ImageSpec {
   paths: string[];
   reader: ErofsReader;
   fingerprint: FingerprintSource;
-  /** Off-loop file data reads (the daemon's read pool, issue 4); default: reader.read. */
+  /** Off-loop file data reads (the daemon's read pool); default: reader.read. */
   read?: (nid: number, offset: number, length: number) => Promise<Buffer>;
 }
 
@@ -103,7 +105,7 @@ export class ShareRegistry {
 
   constructor(readonly options: ShareOptions = DEFAULT_SHARE_OPTIONS) {}
 
-  registerImage(spec: ImageSpec): ImageRegistration {
+  registerImage(spec: ImageToRegister): ImageRegistration {
     if (spec.paths.length === 0) throw new Error('an image needs its file path');
     const needsIdentity = spec.fingerprint.kind === 'compute' && spec.fingerprint.indexDir;
     const reg: ImageRegistration = {

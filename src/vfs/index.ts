@@ -9,45 +9,29 @@
 import type { DirEntry, ErofsReader, FileType, InodeAttr } from '../erofs/api.js';
 import {
   DT_BLK, DT_CHR, DT_DIR, DT_FIFO, DT_LNK, DT_REG, DT_SOCK, DT_UNKNOWN, Errno, FOPEN_CACHE_DIR, FOPEN_DIRECT_IO,
-  FOPEN_KEEP_CACHE, FUSE_ROOT_ID, SEEK_DATA, type FuseAttr,
+  FOPEN_KEEP_CACHE, FUSE_ATTR_DAX, FUSE_ROOT_ID, SEEK_DATA, type FuseAttr,
 } from '../fuse/abi.js';
 import {
-  FuseError, type AttrOut, type DirFiller, type EntryOut, type FuseFilesystem, type InitInfo, type OpenOut,
-  type MaybePromise, type RemoveMappingOne, type RequestContext, type SetupMappingIn, type StatfsOut, type StatxOut,
+  FuseError, type AttrOut, type DaxWindowInfo, type DirFiller, type EntryOut, type FuseFilesystem, type InitInfo,
+  type OpenOut, type RequestContext, type StatfsOut, type StatxOut,
 } from '../fuse/filesystem.js';
+import type { DataWriter } from '../fuse/reply.js';
 
 export interface ImageTreeImage {
   name?: string;
   reader: ErofsReader;
 }
 
-/** Where a request lands: the image (index into `images`, its name and reader) and the inode. */
-export interface TreeTarget {
+/** An inode of one of the images: the image (index into `images`, its name and reader) and the nid. */
+export interface ImageInode {
   index: number;
   name: string;
   reader: ErofsReader;
   nid: number;
 }
 
-/**
- * Optional hooks for the page-sharing / DAX layer (src/share, issue 5). Each is consulted first;
- * returning undefined falls back to the plain behaviour.
- */
-export interface ImageTreeHooks {
-  /** Extra fuse_attr.flags (e.g. FUSE_ATTR_DAX for dax=inode) for an inode. */
-  attrFlags?(t: TreeTarget, attr: InodeAttr): number;
-  /** Serve a READ (e.g. from a shared backing). `direct` = the handle was opened O_DIRECT. */
-  read?(t: TreeTarget, offset: number, size: number, direct: boolean): MaybePromise<Buffer | Buffer[] | undefined>;
-  /** FUSE_SETUPMAPPING for a regular file (fh from OPEN). */
-  setupMapping?(ctx: RequestContext, t: TreeTarget, m: SetupMappingIn): MaybePromise<void>;
-  removeMapping?(ctx: RequestContext, ranges: RemoveMappingOne[]): MaybePromise<void>;
-  /** A file handle was released (after the last mapping of it may be gone). */
-  release?(t: TreeTarget, fh: number): void;
-}
-
 export interface ImageTreeOptions {
   images: ImageTreeImage[];
-  hooks?: ImageTreeHooks;
   /** Seconds the kernel may cache names (default 1 hour: images are immutable). */
   entryTimeout?: number;
   /** Seconds the kernel may cache attributes (default 1 hour). */
@@ -60,7 +44,8 @@ export interface ImageTreeOptions {
   cacheDir?: boolean;
 }
 
-interface Slot {
+/** One image in the tree and the nodeid range its inodes map to. */
+interface ImageSlot {
   index: number;
   name: string;
   reader: ErofsReader;
@@ -71,12 +56,15 @@ interface Slot {
   blockSize: number;
 }
 
-/** readIntoSegments: above this many segments, only uncompressed files are read per segment. */
-const SEGMENTS_PER_CALL = 8;
+/**
+ * A READ spread over more pieces of reply memory than this decodes a compressed file once and
+ * copies it, instead of one reader call (and extent lookup) per piece.
+ */
+const PIECES_PER_DECODE = 8;
 
 interface Node {
   nodeid: number;
-  slot: Slot | undefined; // undefined = synthetic root
+  slot: ImageSlot | undefined; // undefined = synthetic root
   nid: number;
   nlookup: number;
 }
@@ -105,17 +93,17 @@ function dtOf(t: FileType): number {
   }
 }
 
-export class ImageTree implements FuseFilesystem {
+export class ImageTree<W extends DaxWindowInfo = DaxWindowInfo> implements FuseFilesystem<W> {
   readonly entryTimeout: number;
   readonly attrTimeout: number;
-  private readonly slots: Slot[];
+  private readonly slots: ImageSlot[];
   private readonly multi: boolean;
   private readonly nodes = new Map<number, Node>();
   private readonly handles = new Map<number, Handle>();
   private nextFh = 1;
   /** Fallback allocation for nids outside the offset mapping: key "slot:nid" → nodeid. */
   private readonly dynamicByKey = new Map<string, number>();
-  private readonly dynamicById = new Map<number, { slot: Slot; nid: number }>();
+  private readonly dynamicById = new Map<number, { slot: ImageSlot; nid: number }>();
   private nextDynamic = DYNAMIC_BASE;
   private readonly opts: ImageTreeOptions;
 
@@ -140,7 +128,7 @@ export class ImageTree implements FuseFilesystem {
       const bytes = sb.blocks * sb.blockSize;
       let limit = Math.floor(bytes / 32) + 1;
       if (!Number.isSafeInteger(limit) || limit <= 0 || base + limit >= DYNAMIC_BASE) limit = 0;
-      const slot: Slot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize };
+      const slot: ImageSlot = { index, name, reader: img.reader, base, limit, rootNid: img.reader.rootNid, blockSize: sb.blockSize };
       base += limit;
       return slot;
     });
@@ -154,7 +142,7 @@ export class ImageTree implements FuseFilesystem {
 
   // ---- nodeid mapping ------------------------------------------------------------------------
 
-  private nodeidOf(slot: Slot, nid: number): number {
+  private nodeidOf(slot: ImageSlot, nid: number): number {
     if (!this.multi && nid === slot.rootNid) return FUSE_ROOT_ID;
     if (Number.isSafeInteger(nid) && nid >= 0 && nid < slot.limit) return slot.base + nid;
     const key = `${slot.index}:${nid}`;
@@ -168,7 +156,7 @@ export class ImageTree implements FuseFilesystem {
   }
 
   /** (slot, nid) of a nodeid; slot undefined = synthetic root. Throws ESTALE for unknown ids. */
-  private resolve(nodeid: number): { slot: Slot | undefined; nid: number } {
+  private resolve(nodeid: number): { slot: ImageSlot | undefined; nid: number } {
     if (nodeid === FUSE_ROOT_ID) return this.multi ? { slot: undefined, nid: 0 } : { slot: this.slots[0], nid: this.slots[0]!.rootNid };
     const n = this.nodes.get(nodeid);
     if (n) return { slot: n.slot, nid: n.nid };
@@ -187,13 +175,24 @@ export class ImageTree implements FuseFilesystem {
     throw new FuseError(Errno.ESTALE, `unknown nodeid ${nodeid}`);
   }
 
-  private resolveImage(nodeid: number): { slot: Slot; nid: number } {
+  private resolveImage(nodeid: number): { slot: ImageSlot; nid: number } {
     const r = this.resolve(nodeid);
     if (!r.slot) throw new FuseError(Errno.EISDIR, 'synthetic root');
     return { slot: r.slot, nid: r.nid };
   }
 
-  private ref(nodeid: number, slot: Slot | undefined, nid: number): void {
+  /** The image inode a nodeid names (EISDIR for the synthetic root, ESTALE for unknown ids). */
+  protected inodeOf(nodeid: number): ImageInode {
+    const { slot, nid } = this.resolveImage(nodeid);
+    return this.target(slot, nid);
+  }
+
+  /** Whether file handle `fh` was opened with O_DIRECT. */
+  protected openedDirect(fh: number): boolean {
+    return this.handles.get(fh)?.direct ?? false;
+  }
+
+  private ref(nodeid: number, slot: ImageSlot | undefined, nid: number): void {
     if (nodeid === FUSE_ROOT_ID) return;
     const n = this.nodes.get(nodeid);
     if (n) n.nlookup++;
@@ -202,14 +201,21 @@ export class ImageTree implements FuseFilesystem {
 
   // ---- attributes ------------------------------------------------------------------------------
 
-  private target(slot: Slot, nid: number): TreeTarget {
+  private target(slot: ImageSlot, nid: number): ImageInode {
     return { index: slot.index, name: slot.name, reader: slot.reader, nid };
   }
 
-  protected attrOf(nodeid: number, slot: Slot, a: InodeAttr): FuseAttr {
-    const hook = this.opts.hooks?.attrFlags;
+  /**
+   * Whether a file should be read through the guest's DAX window (FUSE_ATTR_DAX). Asked only on
+   * connections that negotiated per-inode DAX; no file here, the share layer picks some.
+   */
+  protected wantsDax(_t: ImageInode, _attr: InodeAttr): boolean {
+    return false;
+  }
+
+  private attrOf(ctx: RequestContext, nodeid: number, slot: ImageSlot, a: InodeAttr): FuseAttr {
     return {
-      flags: hook ? hook(this.target(slot, a.nid), a) : 0,
+      flags: ctx.inodeDax && this.wantsDax(this.target(slot, a.nid), a) ? FUSE_ATTR_DAX : 0,
       ino: nodeid,
       size: a.size,
       blocks: a.blocks,
@@ -241,11 +247,10 @@ export class ImageTree implements FuseFilesystem {
     };
   }
 
-  private attrFor(nodeid: number): { attr: FuseAttr; inode?: InodeAttr; slot?: Slot; nid?: number } {
+  private attrFor(ctx: RequestContext, nodeid: number): FuseAttr {
     const r = this.resolve(nodeid);
-    if (!r.slot) return { attr: this.rootAttr() };
-    const inode = r.slot.reader.getAttr(r.nid);
-    return { attr: this.attrOf(nodeid, r.slot, inode), inode, slot: r.slot, nid: r.nid };
+    if (!r.slot) return this.rootAttr();
+    return this.attrOf(ctx, nodeid, r.slot, r.slot.reader.getAttr(r.nid));
   }
 
   private entry(nodeid: number, attr: FuseAttr): EntryOut {
@@ -267,9 +272,9 @@ export class ImageTree implements FuseFilesystem {
     this.init({} as InitInfo);
   }
 
-  lookup(_ctx: RequestContext, parent: number, name: Buffer): EntryOut {
+  lookup(ctx: RequestContext, parent: number, name: Buffer): EntryOut {
     const p = this.resolve(parent);
-    let slot: Slot;
+    let slot: ImageSlot;
     let nid: number | undefined;
     if (!p.slot) {
       if (name.equals(Buffer.from('.')) || name.equals(Buffer.from('..'))) {
@@ -292,7 +297,7 @@ export class ImageTree implements FuseFilesystem {
     const nodeid = this.nodeidOf(slot, nid);
     const inode = slot.reader.getAttr(nid);
     this.ref(nodeid, slot, nid);
-    return this.entry(nodeid, this.attrOf(nodeid, slot, inode));
+    return this.entry(nodeid, this.attrOf(ctx, nodeid, slot, inode));
   }
 
   private negative(): EntryOut {
@@ -315,12 +320,12 @@ export class ImageTree implements FuseFilesystem {
     }
   }
 
-  getattr(_ctx: RequestContext, nodeid: number): AttrOut {
-    return { attr: this.attrFor(nodeid).attr, attrTimeout: this.attrTimeout };
+  getattr(ctx: RequestContext, nodeid: number): AttrOut {
+    return { attr: this.attrFor(ctx, nodeid), attrTimeout: this.attrTimeout };
   }
 
-  statx(_ctx: RequestContext, nodeid: number): StatxOut {
-    return { attr: this.attrFor(nodeid).attr, attrTimeout: this.attrTimeout, attributes: 0x10 /* IMMUTABLE */, attributesMask: 0x14 };
+  statx(ctx: RequestContext, nodeid: number): StatxOut {
+    return { attr: this.attrFor(ctx, nodeid), attrTimeout: this.attrTimeout, attributes: 0x10 /* IMMUTABLE */, attributesMask: 0x14 };
   }
 
   readlink(_ctx: RequestContext, nodeid: number): Buffer {
@@ -352,91 +357,24 @@ export class ImageTree implements FuseFilesystem {
     return fh;
   }
 
-  read(_ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number): MaybePromise<Buffer | Buffer[]> {
-    const { slot, nid } = this.resolveImage(nodeid);
-    const hook = this.opts.hooks?.read;
-    if (hook) {
-      const direct = this.handles.get(fh)?.direct ?? false;
-      const r = hook(this.target(slot, nid), offset, size, direct);
-      if (r instanceof Promise) return r.then((v) => v ?? slot.reader.read(nid, offset, size));
-      if (r !== undefined) return r;
-    }
-    return slot.reader.read(nid, offset, size);
-  }
-
-  readInto(
-    _ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, target: Buffer,
-  ): MaybePromise<number | Buffer | Buffer[]> {
-    const { slot, nid } = this.resolveImage(nodeid);
-    const direct = (): number | Buffer => {
-      if (slot.reader.readInto) return slot.reader.readInto(nid, offset, size, target, 0);
-      return slot.reader.read(nid, offset, size);
-    };
-    const hook = this.opts.hooks?.read;
-    if (hook) {
-      const r = hook(this.target(slot, nid), offset, size, this.handles.get(fh)?.direct ?? false);
-      if (r instanceof Promise) return r.then((v) => v ?? direct());
-      if (r !== undefined) return r;
-    }
-    return direct();
-  }
-
   /**
-   * READ straight into the transport's reply memory (guest buffers): the read hook answers first
-   * (its data, or a promise of it, goes back unplaced); otherwise the image is copied into the
-   * segments, one reader call per segment. A compressed file split over many small segments is
-   * decoded once into a fresh buffer instead (per-call extent lookups would cost more than the
-   * copy saved).
+   * FUSE_READ: the file's bytes straight into the reply, one reader call per contiguous piece of
+   * reply memory (for a plain file, one copy out of the mapped image). A compressed file spread
+   * over many pieces is decoded once and copied instead: an extent lookup per piece would cost
+   * more than the copy saves.
    */
-  readIntoSegments(
-    _ctx: RequestContext, nodeid: number, fh: number, offset: number, size: number, segments: readonly Buffer[],
-  ): number | Buffer | Buffer[] | Promise<Buffer | Buffer[]> {
+  read(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, size: number, out: DataWriter): void {
     const { slot, nid } = this.resolveImage(nodeid);
-    const hook = this.opts.hooks?.read;
-    if (hook) {
-      const r = hook(this.target(slot, nid), offset, size, this.handles.get(fh)?.direct ?? false);
-      if (r instanceof Promise) return r.then((v) => v ?? slot.reader.read(nid, offset, size));
-      if (r !== undefined) return r;
-    }
     const reader = slot.reader;
-    if (!reader.readInto || (segments.length > SEGMENTS_PER_CALL && !reader.storedPlain(nid))) return reader.read(nid, offset, size);
-    let done = 0;
-    for (let i = 0; i < segments.length && done < size; i++) {
-      const seg = segments[i]!;
-      const want = Math.min(seg.length, size - done);
-      const n = reader.readInto(nid, offset + done, want, seg, 0);
-      done += n;
-      if (n < want) break; // end of file
+    if (!reader.readInto || (out.piecesFor(size) > PIECES_PER_DECODE && !reader.storedPlain(nid))) {
+      out.write(reader.read(nid, offset, size));
+      return;
     }
-    return done;
+    out.writeFrom((target, at, length, done) => reader.readInto!(nid, offset + done, length, target, at), size);
   }
 
-  setupMapping(ctx: RequestContext, nodeid: number, m: SetupMappingIn): MaybePromise<void> {
-    const hook = this.opts.hooks?.setupMapping;
-    if (!hook) throw new FuseError(Errno.ENOSYS);
-    const { slot, nid } = this.resolveImage(nodeid);
-    if (slot.reader.getAttr(nid).type !== 'file') throw new FuseError(Errno.EINVAL);
-    return hook(ctx, this.target(slot, nid), m);
-  }
-
-  removeMapping(ctx: RequestContext, ranges: RemoveMappingOne[]): MaybePromise<void> {
-    const hook = this.opts.hooks?.removeMapping;
-    if (!hook) throw new FuseError(Errno.ENOSYS);
-    return hook(ctx, ranges);
-  }
-
-  release(_ctx: RequestContext, nodeid: number, fh: number): void {
-    const h = this.handles.get(fh);
+  release(_ctx: RequestContext, _nodeid: number, fh: number): void {
     this.handles.delete(fh);
-    const hook = this.opts.hooks?.release;
-    if (hook && h) {
-      try {
-        const { slot, nid } = this.resolveImage(nodeid);
-        hook(this.target(slot, nid), fh);
-      } catch {
-        // a stale node has nothing to release
-      }
-    }
   }
 
   releasedir(_ctx: RequestContext, _nodeid: number, fh: number): void {
@@ -477,7 +415,7 @@ export class ImageTree implements FuseFilesystem {
 
   access(ctx: RequestContext, nodeid: number, mask: number): void {
     if (mask & 2) throw new FuseError(Errno.EROFS);
-    const { attr } = this.attrFor(nodeid);
+    const attr = this.attrFor(ctx, nodeid);
     if (mask === 0 /* F_OK */) return;
     if (ctx.uid === 0) {
       // root: X needs some x bit on non-directories.
@@ -503,10 +441,10 @@ export class ImageTree implements FuseFilesystem {
     return { fh, openFlags };
   }
 
-  readdir(_ctx: RequestContext, nodeid: number, _fh: number, offset: number, plus: boolean, add: DirFiller): void {
+  readdir(ctx: RequestContext, nodeid: number, _fh: number, offset: number, plus: boolean, add: DirFiller): void {
     const r = this.resolve(nodeid);
     if (!r.slot) {
-      this.readdirRoot(offset, plus, add);
+      this.readdirRoot(ctx, offset, plus, add);
       return;
     }
     const { slot } = r;
@@ -526,7 +464,7 @@ export class ImageTree implements FuseFilesystem {
         if (e.nextOffset === 0) throw new FuseError(Errno.EIO, 'directory cookie 0');
         if (plus && !isDot && !isDotDot) {
           const inode = slot.reader.getAttr(e.nid);
-          const ent = this.entry(ino, this.attrOf(ino, slot, inode));
+          const ent = this.entry(ino, this.attrOf(ctx, ino, slot, inode));
           if (!add({ ino, name: e.name, type: dtOf(e.type), nextOffset: e.nextOffset, entry: ent })) {
             this.dropUnreferencedDynamic(ino);
             return;
@@ -555,7 +493,7 @@ export class ImageTree implements FuseFilesystem {
     this.dynamicByKey.delete(`${d.slot.index}:${d.nid}`);
   }
 
-  private readdirRoot(offset: number, plus: boolean, add: DirFiller): void {
+  private readdirRoot(ctx: RequestContext, offset: number, plus: boolean, add: DirFiller): void {
     const dot = Buffer.from('.');
     const dotdot = Buffer.from('..');
     for (let i = offset; i < 2 + this.slots.length; i++) {
@@ -566,7 +504,7 @@ export class ImageTree implements FuseFilesystem {
       const s = this.slots[i - 2]!;
       const nodeid = this.nodeidOf(s, s.rootNid);
       let ent: EntryOut | undefined;
-      if (plus) ent = this.entry(nodeid, this.attrOf(nodeid, s, s.reader.getAttr(s.rootNid)));
+      if (plus) ent = this.entry(nodeid, this.attrOf(ctx, nodeid, s, s.reader.getAttr(s.rootNid)));
       if (!add({ ino: nodeid, name: Buffer.from(s.name), type: DT_DIR, nextOffset: i + 1, entry: ent })) {
         this.dropUnreferencedDynamic(nodeid);
         return;

@@ -1,5 +1,18 @@
 // Hand-encoding of FUSE requests and decoding of replies, for tests that drive a FuseServer
 // directly (no kernel). Layouts per Linux include/uapi/linux/fuse.h.
+import type { DaxWindowInfo } from '../../src/fuse/filesystem.js';
+import { ReplyWriter } from '../../src/fuse/reply.js';
+import type { FuseServer, RequestOrigin } from '../../src/fuse/server.js';
+
+/**
+ * Serves one request into a buffer of the largest reply size, as a transport would; returns the
+ * reply (header first, as one buffer) or null when none is due.
+ */
+export async function serveOnce<W extends DaxWindowInfo>(server: FuseServer<W>, req: Buffer, origin?: RequestOrigin<W>): Promise<Buffer[] | null> {
+  const out = new ReplyWriter([Buffer.alloc(server.maxReplyBytes)]);
+  await server.serve(req, out, origin);
+  return out.length > 0 ? [out.bytes!] : null;
+}
 
 export interface ReqHeader {
   opcode: number;

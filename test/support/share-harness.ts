@@ -1,4 +1,4 @@
-// Helpers for the page-sharing tests (issue 5): a daemon serving several VMs (one --socket-path
+// Helpers for the page-sharing tests: a daemon serving several VMs (one --socket-path
 // each), test-VMM guests with a DAX window, and a full read of an image through the window that
 // records content hashes and the physical frames behind each file's window pages.
 import { createHash } from 'node:crypto';
@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { native } from './native.js';
 import { controlRequest } from '../../src/daemon/control.js';
-import type { ShareStatsDoc } from '../../src/daemon/share.js';
+import type { ShareStatsDoc } from '../../src/share/service.js';
 import { connectTestVmm, startDaemon, tempSocketPath, type Backend, type DaxDialect, type TestVmm } from './test-vmm/index.js';
 import { loadManifest, type Manifest } from './manifest.js';
 import { SHARED_IMAGES } from './paths.js';

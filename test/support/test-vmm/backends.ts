@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { REPO_ROOT, SCRATCH_DIR } from '../paths.js';
-import type { ServeArgs, ServeDaemon } from '../../../src/cli/serve.js';
+import type { Daemon, DaemonConfig, ServedImage } from '../../../src/daemon/serve.js';
 
 export const VIRTIOFSD = process.env.EROFS_VFSD_VIRTIOFSD ?? '/usr/lib/qemu/virtiofsd';
 export const DAEMON_MAIN = path.join(REPO_ROOT, 'dist/src/cli/main.js');
@@ -132,20 +132,28 @@ export function startDaemon(o: DaemonOptions): Promise<Backend> {
 
 export interface InProcessDaemon {
   socketPath: string;
-  daemon: ServeDaemon;
+  daemon: Daemon;
   stop(): Promise<void>;
 }
 
+/** What an in-process daemon serves: its images, and any configuration beyond the defaults. */
+export type InProcessConfig = { images: (string | ServedImage)[] } & Partial<Omit<DaemonConfig, 'images' | 'endpoints'>>;
+
 /**
- * Runs our daemon inside this process (same code path as `serve`, via startServe): the test VMM
+ * Runs our daemon inside this process (the daemon `serve` builds, via startDaemon): the test VMM
  * and the back-end then share one event loop, so a blocking call in either shows up as a hang.
  */
-export async function startInProcessDaemon(args: Omit<ServeArgs, 'socketPath'> & { socketPath?: string }): Promise<InProcessDaemon> {
+export async function startInProcessDaemon(config: InProcessConfig, opts: { socketPath?: string; logLevel?: string } = {}): Promise<InProcessDaemon> {
   // Loaded on demand so that driving virtiofsd never depends on the daemon's code.
-  const { startServe } = await import('../../../src/cli/serve.js');
+  const { defaultDaemonConfig, startDaemon } = await import('../../../src/daemon/serve.js');
   const { createLogger } = await import('../../../src/daemon/logger.js');
-  const socketPath = args.socketPath ?? tempSocketPath('in-process');
-  const daemon = startServe({ reconnect: true, ...args, socketPath }, createLogger(args.logLevel ?? 'silent'));
+  const socketPath = opts.socketPath ?? tempSocketPath('in-process');
+  const images = config.images.map((img) => (typeof img === 'string' ? { path: img, devices: [] } : img));
+  const given = Object.fromEntries(Object.entries(config).filter(([, v]) => v !== undefined)) as Partial<DaemonConfig>;
+  const daemon = startDaemon(
+    { ...defaultDaemonConfig(images, [{ socketPath }]), reconnect: true, ...given, images },
+    createLogger(opts.logLevel ?? 'silent'),
+  );
   return {
     socketPath,
     daemon,
