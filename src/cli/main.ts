@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // The `erofs-vfsd` command: a thin dispatcher. Each subcommand's logic lives in src/cli/<cmd>.ts
 // (run<Cmd>(args)); this file only declares options, validates them strictly and reports errors.
-import yargs from 'yargs';
+import yargs, { type CommandModule } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { LOG_LEVELS } from '../daemon/logger.js';
 import { serveBuilder } from './serve.js';
 import { inspectBuilder } from './inspect.js';
+import type { ControlCommand } from './stats.js';
 
 function nonNegative(name: string) {
   return (v: unknown): number | undefined => {
@@ -19,6 +20,19 @@ function nonNegative(name: string) {
 function fail(msg: string): never {
   process.stderr.write(`erofs-vfsd: ${msg}\n`);
   process.exit(1);
+}
+
+/** A command that sends one request over a running daemon's control socket. */
+function controlCommand(command: ControlCommand, describe: string): CommandModule<object, { 'control-socket': string }> {
+  return {
+    command,
+    describe,
+    builder: (y) => y.option('control-socket', { type: 'string', demandOption: true, describe: "the daemon's --control-socket" }),
+    handler: async (argv) => {
+      const { runControlCommand } = await import('./stats.js');
+      process.exitCode = await runControlCommand(command, { controlSocket: argv['control-socket'] });
+    },
+  };
 }
 
 async function main(): Promise<void> {
@@ -80,24 +94,8 @@ async function main(): Promise<void> {
         await runServe(argv);
       },
     )
-    .command(
-      'stats',
-      "a running daemon's page-sharing statistics per trust domain (JSON)",
-      (y) => y.option('control-socket', { type: 'string', demandOption: true, describe: 'the daemon\'s --control-socket' }),
-      async (argv) => {
-        const { runStats } = await import('./stats.js');
-        process.exitCode = await runStats({ controlSocket: argv['control-socket'] });
-      },
-    )
-    .command(
-      'drop-cache',
-      'ask a running daemon to release clean, unmapped shared blobs',
-      (y) => y.option('control-socket', { type: 'string', demandOption: true, describe: 'the daemon\'s --control-socket' }),
-      async (argv) => {
-        const { runDropCache } = await import('./stats.js');
-        process.exitCode = await runDropCache({ controlSocket: argv['control-socket'] });
-      },
-    )
+    .command(controlCommand('stats', "a running daemon's page-sharing statistics per trust domain (JSON)"))
+    .command(controlCommand('drop-cache', 'ask a running daemon to release clean, unmapped shared blobs'))
     .demandCommand(1, 'a command is required (see --help)')
     .strict()
     .recommendCommands()

@@ -6,7 +6,13 @@ export interface ControlArgs {
   controlSocket: string;
 }
 
-async function run(cmd: string, args: ControlArgs): Promise<number> {
+/**
+ * stats: per-domain sharing statistics (backings, shared bytes, mapped ranges, hits,
+ * per-file-path reads); drop-cache: releases clean, unmapped blobs (the fadvise(DONTNEED) analogue).
+ */
+export type ControlCommand = 'stats' | 'drop-cache';
+
+export async function runControlCommand(cmd: ControlCommand, args: ControlArgs): Promise<number> {
   try {
     const reply = await controlRequest(args.controlSocket, cmd);
     process.stdout.write(JSON.stringify(reply, null, 2) + '\n');
@@ -15,14 +21,4 @@ async function run(cmd: string, args: ControlArgs): Promise<number> {
     process.stderr.write(`erofs-vfsd ${cmd}: ${e instanceof Error ? e.message : String(e)}\n`);
     return 1;
   }
-}
-
-/** Per-domain sharing statistics: backings, shared bytes, mapped ranges, hits, per-file-path reads. */
-export function runStats(args: ControlArgs): Promise<number> {
-  return run('stats', args);
-}
-
-/** Releases clean, unmapped blobs (the fadvise(DONTNEED) analogue). */
-export function runDropCache(args: ControlArgs): Promise<number> {
-  return run('drop-cache', args);
 }
