@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import type { Argv } from 'yargs';
 import { createLogger } from '../daemon/logger.js';
 import { defaultReadThreads } from '../daemon/read-pool.js';
-import { defaultDaemonConfig, startDaemon, type DaemonConfig, type Daemon, type Endpoint, type ServedImage } from '../daemon/serve.js';
+import { defaultDaemonConfig, isPlainName, startDaemon, type DaemonConfig, type Daemon, type Endpoint, type ServedImage } from '../daemon/serve.js';
 import type { DaxProtocol } from '../share/dax.js';
 import type { FingerprintSource } from '../share/fingerprint.js';
 import type { DaxPolicy } from '../share/tree.js';
@@ -51,8 +51,6 @@ export interface ServeArgs {
   readThreads?: number;
 }
 
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
-
 /**
  * Parses `[NAME=]PATH[,domain=D][,device=BLOB]...`. Trailing `,key=value` parts with other keys
  * stay part of the path.
@@ -72,7 +70,7 @@ export function parseImageSpec(spec: string): ServedImage {
   let rest = parts.join(',');
   let name: string | undefined;
   const eq = rest.indexOf('=');
-  if (eq > 0 && NAME_RE.test(rest.slice(0, eq))) {
+  if (eq > 0 && isPlainName(rest.slice(0, eq))) {
     name = rest.slice(0, eq);
     rest = rest.slice(eq + 1);
   }
@@ -115,14 +113,8 @@ export function serveBuilder<T>(y: Argv<T>) {
     .option('sample', { type: 'boolean', describe: `serve the bundled sample image on ${SAMPLE_SOCKET} and print a QEMU command line` });
 }
 
-export function cacheOptions(args: Pick<ServeArgs, 'cache' | 'entryTimeout' | 'attrTimeout'>): {
-  entryTimeout?: number;
-  attrTimeout?: number;
-  keepCache?: boolean;
-  cacheDir?: boolean;
-  negativeCache?: boolean;
-} {
-  let o: { entryTimeout?: number; attrTimeout?: number; keepCache?: boolean; cacheDir?: boolean; negativeCache?: boolean } = {};
+export function cacheOptions(args: Pick<ServeArgs, 'cache' | 'entryTimeout' | 'attrTimeout'>): DaemonConfig['cache'] {
+  let o: DaemonConfig['cache'] = {};
   switch (args.cache ?? 'auto') {
     case 'never':
       o = { entryTimeout: 0, attrTimeout: 0, keepCache: false, cacheDir: false, negativeCache: false };

@@ -67,7 +67,10 @@ export interface Daemon {
   stop(reason?: string): void;
 }
 
-const PLAIN_NAME = /^[A-Za-z0-9][A-Za-z0-9._+-]*$/;
+/** An image or domain name: a letter or digit, then letters, digits and `._+-`. */
+export function isPlainName(s: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(s);
+}
 
 /** A daemon serving `images` on `endpoints`, everything else as by default. */
 export function defaultDaemonConfig(images: ServedImage[], endpoints: Endpoint[]): DaemonConfig {
@@ -93,7 +96,7 @@ export function checkDaemonConfig(c: DaemonConfig): void {
   const sockets = c.endpoints.map((e) => e.socketPath).filter((s) => s !== undefined);
   if (new Set(sockets).size !== sockets.length) throw new Error('each socket path must be distinct');
   for (const img of c.images) {
-    if (img.domain !== undefined && !PLAIN_NAME.test(img.domain)) throw new Error(`image ${img.path}: domain '${img.domain}' must be a plain name`);
+    if (img.domain !== undefined && !isPlainName(img.domain)) throw new Error(`image ${img.path}: domain '${img.domain}' must be a plain name`);
   }
   if (!Number.isSafeInteger(c.dax.windowSize) || c.dax.windowSize < 0 || c.dax.windowSize % PAGE_SIZE) {
     throw new Error('the DAX window size must be a multiple of the page size');
