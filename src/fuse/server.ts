@@ -7,7 +7,7 @@ import {
   ATTR_OUT_SIZE, COMPAT_22_INIT_OUT_SIZE, COMPAT_ATTR_OUT_SIZE, COMPAT_ENTRY_OUT_SIZE, COMPAT_INIT_OUT_SIZE,
   COMPAT_READ_IN_SIZE, COMPAT_STATFS_SIZE, ENTRY_OUT_SIZE, Errno, FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, GETXATTR_OUT_SIZE, IN_HEADER_SIZE, INIT_OUT_SIZE, InitFlag,
-  KSTATFS_SIZE, LSEEK_OUT_SIZE, OPCODE_NAMES, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Opcode, SEEK_CUR, SEEK_DATA,
+  KSTATFS_SIZE, LSEEK_OUT_SIZE, OPCODE_NAMES, OPEN_OUT_SIZE, OUT_HEADER_SIZE, Opcode, SEEK_DATA,
   SEEK_END, SEEK_HOLE, SEEK_SET, STATX_BASIC_STATS, STATX_OUT_SIZE, WRITE_OPCODES, devMajor, devMinor,
   direntPlusSize, direntSize, encodeAttr, encodeDirent, encodeEntryOut, readU64, splitTimeout, writeU64,
   type EntryParams,
@@ -263,7 +263,9 @@ export class FuseServer<W extends DaxWindowInfo = DaxWindowInfo> {
       const name = a.cstring();
       if (name.length > 255) return Errno.ENAMETOOLONG;
       if (!this.fs.lookup) return Errno.ENOSYS;
-      return after(this.fs.lookup(ctx, ctx.nodeid, name), (e) => this.writeEntry(out, e));
+      // The hot operations skip after(): no closure when the answer is already there.
+      const e = this.fs.lookup(ctx, ctx.nodeid, name);
+      return e instanceof Promise ? e.then((v) => this.writeEntry(out, v)) : this.writeEntry(out, e);
     },
     [Opcode.FORGET]: (ctx, a) => {
       this.fs.forget?.(ctx.nodeid, a.u64());
@@ -289,7 +291,8 @@ export class FuseServer<W extends DaxWindowInfo = DaxWindowInfo> {
         if (flags & FUSE_GETATTR_FH) fh = f;
       }
       if (!this.fs.getattr) return Errno.ENOSYS;
-      return after(this.fs.getattr(ctx, ctx.nodeid, fh), (v) => this.writeAttr(out, v));
+      const attr = this.fs.getattr(ctx, ctx.nodeid, fh);
+      return attr instanceof Promise ? attr.then((v) => this.writeAttr(out, v)) : this.writeAttr(out, attr);
     },
     [Opcode.READLINK]: (ctx, _a, out) => {
       if (!this.fs.readlink) return Errno.ENOSYS;
@@ -313,7 +316,9 @@ export class FuseServer<W extends DaxWindowInfo = DaxWindowInfo> {
       if (offset < 0) return Errno.EINVAL;
       const want = Math.min(size, this.maxData());
       if (want === 0) return;
-      return after(this.fs.read(ctx, ctx.nodeid, fh, offset, want, out), () => (out.written > want ? Errno.EIO : undefined));
+      const read = this.fs.read(ctx, ctx.nodeid, fh, offset, want, out);
+      if (read instanceof Promise) return read.then(() => (out.written > want ? Errno.EIO : undefined));
+      return out.written > want ? Errno.EIO : undefined;
     },
     [Opcode.RELEASE]: (ctx, a) => (this.fs.release ? after(this.fs.release(ctx, ctx.nodeid, a.u64()), done) : undefined),
     [Opcode.RELEASEDIR]: (ctx, a) => (this.fs.releasedir ? after(this.fs.releasedir(ctx, ctx.nodeid, a.u64()), done) : undefined),
@@ -375,7 +380,8 @@ export class FuseServer<W extends DaxWindowInfo = DaxWindowInfo> {
         if (!this.fs.lseek) return Errno.ENOSYS;
         return after(this.fs.lseek(ctx, ctx.nodeid, fh, offset, whence), reply);
       }
-      void SEEK_CUR; // SEEK_CUR has no meaning without a file position: EINVAL, like anything else
+      // SEEK_CUR means nothing without a file position (the kernel answers it itself): EINVAL,
+      // like an unknown whence.
       return Errno.EINVAL;
     },
     [Opcode.STATX]: (ctx, a, out) => {
