@@ -75,7 +75,7 @@ export class ReplyWriter implements DataWriter {
   }
 
   get written(): number {
-    return this.pos - OUT_HEADER_SIZE;
+    return Math.max(0, this.pos - OUT_HEADER_SIZE);
   }
 
   /** Room left for the body. */
@@ -99,12 +99,6 @@ export class ReplyWriter implements DataWriter {
     }
     this.seg = i;
     this.segOff = left;
-  }
-
-  /** Drops what was written after the header (an error reply follows). */
-  discard(): void {
-    this.overflowed = false;
-    this.seek(OUT_HEADER_SIZE);
   }
 
   private usable(): boolean {
